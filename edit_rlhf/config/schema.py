@@ -1,0 +1,291 @@
+"""Typed configuration schema (OmegaConf structured dataclasses).
+
+Every pipeline has one top-level dataclass built from the component dataclasses below. Loading
+(`edit_rlhf.config.load`) merges YAML and dotted CLI overrides onto the schema, so unknown keys and
+values of the wrong type fail with the full dotted key; the `check()` methods here add the value rules
+(ranges, choices, divisibility) and are run by the loader with the dotted path prefixed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not one of {sorted(allowed)}")
+
+
+def _positive(name: str, value, strict: bool = True) -> None:
+    if value is None:
+        return
+    if (value <= 0) if strict else (value < 0):
+        raise ValueError(f"{name}: must be {'>' if strict else '>='} 0, got {value}")
+
+
+# --------------------------------------------------------------------------- cluster and pools
+@dataclass
+class ClusterConfig:
+    """Where the Ray cluster is. `address=None` attaches to the job's cluster under `ray job submit`
+    (RAY_ADDRESS is set there) and otherwise starts a local one."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None  # logical CPUs of a *local* cluster; None = max(8, os.cpu_count())
+    num_gpus: Optional[int] = None
+    include_dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"  # loopback by default; never expose the dashboard by accident
+    torch_threads: int = 1  # per actor process; oversubscription made CPU steps 20-30x slower
+    namespace: str = "edit_rlhf"
+
+    def check(self) -> None:
+        _positive("num_cpus", self.num_cpus)
+        _positive("torch_threads", self.torch_threads)
+
+
+@dataclass
+class PoolConfig:
+    """One actor pool (rollout, reward or learner ranks). Each pool gets its own placement group of
+    `size` bundles of {CPU: num_cpus, GPU: num_gpus, **resources}."""
+
+    size: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: Dict[str, float] = field(default_factory=dict)  # custom resources pin a pool to a node group
+    strategy: str = "PACK"
+    max_restarts: int = 0
+
+    def check(self) -> None:
+        _positive("size", self.size)
+        _positive("num_cpus", self.num_cpus, strict=False)
+        _positive("num_gpus", self.num_gpus, strict=False)
+        _choice("strategy", self.strategy, {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"})
+        for k, v in self.resources.items():
+            if v < 0:
+                raise ValueError(f"resources.{k}: must be >= 0, got {v}")
+
+
+# --------------------------------------------------------------------------- models
+@dataclass
+class EditorConfig:
+    """The FLUX.1-Kontext editor, loaded with `FluxKontextPipeline.from_pretrained(path)`."""
+
+    path: str = MISSING
+    dtype: str = "float32"  # weights; SDE maths and log-probs are always fp32
+    device: str = "auto"  # auto = cuda if available else cpu
+    resolution: int = 64
+    max_sequence_length: int = 32
+    guidance_scale: float = 2.5  # Kontext is guidance-distilled: an embedding, no CFG pass
+
+    def check(self) -> None:
+        _choice("dtype", self.dtype, {"float32", "bfloat16", "float16"})
+        _positive("resolution", self.resolution)
+        if self.resolution % 16:
+            raise ValueError(f"resolution: must be a multiple of 16 (VAE x8, 2x2 packing), got {self.resolution}")
+        _positive("max_sequence_length", self.max_sequence_length)
+
+
+DEFAULT_KONTEXT_LORA_TARGETS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "proj_mlp", "proj_out",
+]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the Kontext transformer (peft). The LoRA-disabled model is the KL reference."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: List[str] = field(default_factory=lambda: list(DEFAULT_KONTEXT_LORA_TARGETS))
+    init: str = "gaussian"  # peft init_lora_weights; B=0 so the initial policy equals the base model
+    seed: int = 0
+
+    def check(self) -> None:
+        _positive("rank", self.rank)
+        _positive("alpha", self.alpha)
+        if not self.target_modules:
+            raise ValueError("target_modules: must name at least one module")
+
+
+# --------------------------------------------------------------------------- algorithm
+@dataclass
+class SamplingConfig:
+    """Flow-GRPO SDE sampling for rollouts, ODE sampling for evaluation."""
+
+    num_steps: int = 4  # SDE sampler steps for training rollouts
+    train_timesteps: int = 3  # train on the first k steps (Flow-GRPO: int(num_steps * timestep_fraction))
+    noise_level: float = 0.9  # a in sigma_t = a * sqrt(t / (1 - t))
+    eval_num_steps: int = 8  # ODE (noise 0) steps for evaluation
+    same_noise_in_group: bool = False  # one initial noise x_T shared by the G samples of a group
+
+    def check(self) -> None:
+        _positive("num_steps", self.num_steps)
+        _positive("eval_num_steps", self.eval_num_steps)
+        _positive("noise_level", self.noise_level, strict=False)
+        sde_steps = max(1, self.num_steps - 1)  # the last step is deterministic (clean final image)
+        if not 1 <= self.train_timesteps <= sde_steps:
+            raise ValueError(f"train_timesteps: must be in [1, {sde_steps}] (the SDE steps of num_steps="
+                             f"{self.num_steps}), got {self.train_timesteps}")
+
+
+@dataclass
+class GRPOAlgoConfig:
+    group_size: int = 8  # G edits per (source image, instruction)
+    prompts_per_step: int = 4  # groups per step
+    clip_range: float = 1e-4  # PPO clip on exp(delta mean-logprob); tiny because log-probs are per-element means
+    adv_clip_max: float = 5.0
+    std_eps: float = 1e-4
+    global_std: bool = False  # normalise by the batch std instead of each group's
+    beta: float = 0.0  # KL coefficient to the LoRA-disabled reference
+    kl_form: str = "flow_grpo"  # flow_grpo: |dmu|^2/(2 sigma_t^2); exact: |dmu|^2/(2 sigma_t^2 |dt|)
+    num_minibatches: int = 2  # optimizer updates per rollout batch
+    micro_batch_size: int = 0  # (sample, timestep) rows per forward; 0 = a rank's whole minibatch at once
+
+    def check(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size: GRPO needs at least 2 samples per group, got {self.group_size}")
+        _positive("prompts_per_step", self.prompts_per_step)
+        _positive("clip_range", self.clip_range)
+        _positive("adv_clip_max", self.adv_clip_max)
+        _positive("std_eps", self.std_eps)
+        _positive("beta", self.beta, strict=False)
+        _choice("kl_form", self.kl_form, {"flow_grpo", "exact"})
+        _positive("num_minibatches", self.num_minibatches)
+        _positive("micro_batch_size", self.micro_batch_size, strict=False)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    def check(self) -> None:
+        _positive("lr", self.lr, strict=False)  # lr=0 is the control run of every learning claim
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: need two values in [0, 1), got {list(self.betas)}")
+        _positive("weight_decay", self.weight_decay, strict=False)
+        _positive("max_grad_norm", self.max_grad_norm)
+
+
+@dataclass
+class LearnerConfig(PoolConfig):
+    """K DeepSpeed ranks in one torch.distributed group (pool size = number of ranks)."""
+
+    zero_stage: int = 2
+    backend: str = "auto"  # auto = nccl on GPU, gloo on CPU
+    master_port: Optional[int] = None  # None = pick a free port
+
+    def check(self) -> None:
+        super().check()
+        _choice("zero_stage", self.zero_stage, {0, 1, 2})
+        _choice("backend", self.backend, {"auto", "gloo", "nccl"})
+
+
+@dataclass
+class SimilarityScorerConfig:
+    metric: str = "neg_mse"  # reward = -MSE(edit, target) in [0,1] pixels
+
+    def check(self) -> None:
+        _choice("metric", self.metric, {"neg_mse", "psnr"})
+
+
+@dataclass
+class RewardConfig(PoolConfig):
+    """The reward pool: M actors behind one scorer interface."""
+
+    scorer: str = "similarity"  # similarity | oracle
+    timeout_s: float = 120.0  # per scoring request
+    max_retries: int = 2  # resubmissions of a failed request (on another worker when there is one)
+    similarity: SimilarityScorerConfig = field(default_factory=SimilarityScorerConfig)
+
+    def check(self) -> None:
+        super().check()
+        _choice("scorer", self.scorer, {"similarity", "oracle"})
+        _positive("timeout_s", self.timeout_s)
+        _positive("max_retries", self.max_retries, strict=False)
+
+
+# --------------------------------------------------------------------------- data, tracking, run
+@dataclass
+class DataConfig:
+    """Edit-prompt datasets (schema: id, source_image, instruction, principles[, target_image, oracle])."""
+
+    train: str = MISSING
+    eval: Optional[str] = None
+    eval_size: int = 8  # prompts from `eval` used at each evaluation
+    validate: str = "full"  # full: decode every image at start; schema: columns only
+
+    def check(self) -> None:
+        _positive("eval_size", self.eval_size)
+        _choice("validate", self.validate, {"full", "schema"})
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. Default: a sqlite store `<dir>/mlflow.db` with artifacts in `<dir>/artifacts`."""
+
+    uri: Optional[str] = None  # a server URL or sqlite URI; MLFLOW_TRACKING_URI also works
+    dir: str = "mlruns"
+    experiment: str = "edit_rlhf"
+    run_name: Optional[str] = None
+    log_images_every: int = 5  # steps between sample-grid artifacts
+    grid_groups: int = 2  # groups shown per grid
+
+    def check(self) -> None:
+        _positive("log_images_every", self.log_images_every)
+        _positive("grid_groups", self.grid_groups)
+
+
+@dataclass
+class PrepareConfig:
+    """Build missing embedded-default inputs (tiny models, sandbox data) before the run starts."""
+
+    build_missing: bool = False
+    tiny_models_seed: int = 0
+    sandbox_seed: int = 0
+
+
+@dataclass
+class GRPOConfig:
+    """`edit-rlhf grpo`: Flow-GRPO training of the Kontext editor's LoRA."""
+
+    seed: int = 0
+    steps: int = 30
+    eval_every: int = 10  # 0: evaluate only at the start and the end
+    eval_probes: bool = True  # final eval also with shuffled sources / instructions and the copy-source baseline
+    save_every: int = 10  # 0 saves only at the end
+    output_dir: str = "outputs/grpo"
+    editor: EditorConfig = field(default_factory=EditorConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rollout: PoolConfig = field(default_factory=PoolConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    def check(self) -> None:
+        _positive("steps", self.steps)
+        _positive("eval_every", self.eval_every, strict=False)
+        _positive("save_every", self.save_every, strict=False)
+        per_step = self.algo.prompts_per_step * self.algo.group_size
+        div = self.learner.size * self.algo.num_minibatches
+        if per_step % div:
+            raise ValueError(
+                f"algo: prompts_per_step*group_size={per_step} must be divisible by "
+                f"learner.size*algo.num_minibatches={div} so every rank gets equal minibatches")
+        rows = per_step // div * self.sampling.train_timesteps
+        if self.algo.micro_batch_size and rows % self.algo.micro_batch_size:
+            raise ValueError(f"algo: micro_batch_size={self.algo.micro_batch_size} must divide the "
+                             f"{rows} (sample, timestep) rows of a rank's minibatch")
