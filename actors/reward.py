@@ -1,0 +1,52 @@
+"""Ray shell around a reward scorer (`edit_rlhf.rewards`): scores the edits of one prompt per request."""
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+
+
+@ray.remote
+class RewardWorker:
+    def __init__(self, reward_cfg, datasets: dict, worker_id: str, torch_threads: int = 1):
+        from edit_rlhf.runtime import setup_process
+
+        setup_process(torch_threads)
+        from edit_rlhf.data.prompts import EditPromptDataset
+        from edit_rlhf.rewards import build_scorer
+
+        self.worker_id = worker_id
+        self.scorer = build_scorer(reward_cfg)
+        self.data = {k: EditPromptDataset(p, validate="schema") for k, p in datasets.items()}
+        self.cols = ["id", "instruction", "principles", "source_image"] + list(self.scorer.columns)
+        self.has_oracle = {k: "oracle" in d.ds.column_names for k, d in self.data.items()}
+        self.served = 0
+
+    def info(self) -> dict:
+        return {"worker": self.worker_id, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "scorer": self.scorer.name, "served": self.served}
+
+    def score(self, split: str, index: int, images) -> dict:
+        """images: uint8 (G, H, W, 3) (resolved from the rollout's object ref).
+        Returns {'rewards', 'ok', 'errors', 'details', 'worker', 'seconds'}; also the sandbox oracle's score
+        per image as 'oracle_scores' when the dataset carries oracle records (a monitor, not the reward)."""
+        from edit_rlhf.rewards.oracle import oracle_detail
+
+        t0 = time.time()
+        ds = self.data[split]
+        cols = self.cols + (["oracle"] if self.has_oracle[split] and "oracle" not in self.cols else [])
+        row = ds.row(index, [c for c in cols if c in ds.ds.column_names])
+        results = self.scorer.score(row, images)
+        oracle = None
+        if self.has_oracle[split]:
+            oracle = []
+            for img in images:
+                try:
+                    oracle.append(oracle_detail(row["oracle"], img)["oracle_score"])
+                except (ValueError, KeyError):
+                    oracle.append(float("nan"))
+        self.served += 1
+        return {"rewards": [r.reward for r in results], "ok": [r.ok for r in results],
+                "errors": [r.error for r in results], "details": [r.detail for r in results],
+                "oracle_scores": oracle, "worker": self.worker_id, "seconds": time.time() - t0}

@@ -1,0 +1,94 @@
+"""The one CLI: `edit-rlhf <command> ...`, also `python -m edit_rlhf <command> ...` (what `ray job submit` runs).
+
+Pipelines take `--config FILE` and dotted overrides `key.sub=value`. Errors in configs or data print one
+clear line (naming the key, file or row) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+
+def _pipeline_parser(sub, name: str, help_: str):
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.add_argument("--config", "-c", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.group_size=8 optim.lr=1e-3")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
+    p = sub.add_parser("make-tiny-models", help="build tiny random Kontext editor + Qwen2.5-VL RRM (offline)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("sandbox", help="the sandbox world")
+    ss = p.add_subparsers(dest="sandbox_command", required=True)
+    b = ss.add_parser("build", help="generate sandbox datasets (prompts, candidates, pairs, traces)")
+    b.add_argument("out")
+    b.add_argument("overrides", nargs="*", help="SandboxConfig overrides, e.g. n_train=256 label_noise=0.2")
+    p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster as a job (wraps `ray job submit`)")
+    p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
+    p.add_argument("--no-wait", action="store_true", help="return after submission instead of following logs")
+    p.add_argument("--dry-run", action="store_true", help="print the ray job submit command and exit")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="-- <command> --config ... overrides")
+    return ap
+
+
+def _load(schema, args):
+    from edit_rlhf.config import load_config
+
+    return load_config(schema, args.config, args.overrides)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from edit_rlhf.config import ConfigError
+    from edit_rlhf.data.prompts import DatasetError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, DatasetError) as e:
+        print(f"edit-rlhf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "grpo":
+        from edit_rlhf.config import GRPOConfig, to_yaml
+
+        cfg = _load(GRPOConfig, args)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        from edit_rlhf.pipelines.grpo import run_grpo
+
+        run_grpo(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "make-tiny-models":
+        from edit_rlhf.runtime import setup_process
+
+        setup_process(None)
+        from edit_rlhf.models.tiny import make_tiny_models
+
+        print(json.dumps(make_tiny_models(args.out, args.seed)))
+        return 0
+    if args.command == "sandbox" and args.sandbox_command == "build":
+        from edit_rlhf.config import load_config
+        from edit_rlhf.sandbox.build import build_sandbox
+        from edit_rlhf.sandbox.config import SandboxConfig
+
+        cfg = load_config(SandboxConfig, None, args.overrides)
+        print(json.dumps(build_sandbox(args.out, cfg), default=str))
+        return 0
+    if args.command == "submit":
+        from edit_rlhf.cluster.submit import submit
+
+        return submit(args.args, address=args.address, wait=not args.no_wait, dry_run=args.dry_run)
+    raise SystemExit(f"unknown command {args.command}")

@@ -1,0 +1,137 @@
+"""Streaming generate -> score over two actor pools, with retries and failure accounting.
+
+Each job is one prompt: a generation call on the rollout pool returns object refs; as soon as one finishes
+its images' ref goes to the least-loaded reward worker (scoring overlaps generation). The driver touches only
+small metadata and the scores. A failed or timed-out call is resubmitted on another actor (bounded); a
+prompt whose scoring fails on every attempt gets NaN rewards (counted, excluded from advantages); a
+generation that fails on every attempt stops the run with the prompt named.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import ray
+
+from edit_rlhf.cluster.pools import ActorPool
+
+
+class RolloutFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    slot: int
+    split: str
+    index: int
+    gen_args: tuple  # arguments of the generation method after (split, ...)
+    refs: Optional[list] = None  # [meta_ref, images_ref, (traj_ref)]
+    gen_actor: int = -1
+    gen_attempts: int = 0
+    meta: Optional[dict] = None
+    score_ref: Any = None
+    score_actor: int = -1
+    score_attempts: int = 0
+    score_started: float = 0.0
+    score: Optional[dict] = None
+    failed_scorers: set = field(default_factory=set)
+    failed_generators: set = field(default_factory=set)
+    errors: List[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamStats:
+    gen_seconds: float = 0.0  # until the last generation finished
+    tail_seconds: float = 0.0  # scoring after the last generation (what overlap did not hide)
+    gen_retries: int = 0
+    score_retries: int = 0
+    score_failures: int = 0  # prompts whose scoring failed on every attempt
+
+
+def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, num_returns: int,
+           timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None) -> StreamStats:
+    """Run all jobs to completion (in place). `method` is the rollout actor method ('rollout'/'evaluate')."""
+    stats = StreamStats()
+    t0 = time.time()
+    gen_pending: Dict[Any, Job] = {}
+    score_pending: Dict[Any, Job] = {}
+
+    def submit_gen(job: Job) -> None:
+        i = rollout.pick(job.failed_generators if len(job.failed_generators) < len(rollout.actors) else None)
+        job.gen_actor = i
+        job.gen_attempts += 1
+        rollout.started(i)
+        fn = getattr(rollout.actors[i], method).options(num_returns=num_returns)
+        job.refs = fn.remote(job.split, *job.gen_args)
+        gen_pending[job.refs[0]] = job
+
+    def submit_score(job: Job) -> None:
+        excl = job.failed_scorers if len(job.failed_scorers) < len(reward.actors) else None
+        i = reward.pick(excl)
+        job.score_actor = i
+        job.score_attempts += 1
+        job.score_started = time.time()
+        reward.started(i)
+        job.score_ref = reward.actors[i].score.remote(job.split, job.index, job.refs[1])
+        score_pending[job.score_ref] = job
+
+    for job in jobs:
+        submit_gen(job)
+    while gen_pending or score_pending:
+        ready, _ = ray.wait(list(gen_pending) + list(score_pending), num_returns=1, timeout=1.0)
+        for ref in ready:
+            if ref in gen_pending:
+                job = gen_pending.pop(ref)
+                try:
+                    job.meta = ray.get(ref)
+                    rollout.finished(job.gen_actor, ok=True)
+                except (ray.exceptions.RayError) as e:
+                    rollout.finished(job.gen_actor, ok=False)
+                    job.failed_generators.add(job.gen_actor)
+                    job.errors.append(f"generate on {rollout.name}[{job.gen_actor}]: {type(e).__name__}: {e}")
+                    if job.gen_attempts > max_retries:
+                        raise RolloutFailed(f"prompt {job.split}[{job.index}] failed to generate "
+                                            f"{job.gen_attempts} times; last error: {job.errors[-1][:500]}") from None
+                    stats.gen_retries += 1
+                    submit_gen(job)
+                    continue
+                if not gen_pending:
+                    stats.gen_seconds = time.time() - t0
+                if on_event:
+                    on_event("generated", job)
+                submit_score(job)
+            else:
+                job = score_pending.pop(ref)
+                try:
+                    job.score = ray.get(ref)
+                    reward.finished(job.score_actor, ok=True)
+                    if on_event:
+                        on_event("scored", job)
+                except ray.exceptions.RayError as e:
+                    reward.finished(job.score_actor, ok=False)
+                    _score_failed(job, f"{type(e).__name__}: {e}", reward, stats, max_retries, submit_score)
+        now = time.time()
+        for ref, job in list(score_pending.items()):  # per-request timeout
+            if now - job.score_started > timeout_s:
+                score_pending.pop(ref)
+                ray.cancel(ref, force=False)
+                reward.finished(job.score_actor, ok=False)
+                _score_failed(job, f"timed out after {timeout_s:.0f}s", reward, stats, max_retries, submit_score)
+    stats.tail_seconds = time.time() - t0 - stats.gen_seconds
+    return stats
+
+
+def _score_failed(job: Job, why: str, reward: ActorPool, stats: StreamStats, max_retries: int, resubmit) -> None:
+    job.failed_scorers.add(job.score_actor)
+    job.errors.append(f"score on {reward.name}[{job.score_actor}]: {why}")
+    if job.score_attempts <= max_retries:
+        stats.score_retries += 1
+        resubmit(job)
+        return
+    stats.score_failures += 1
+    n = job.meta.get("n", 1) if job.meta else 1
+    job.score = {"rewards": [math.nan] * n, "ok": [False] * n, "errors": [job.errors[-1]] * n,
+                 "details": [{}] * n, "oracle_scores": None, "worker": None, "seconds": 0.0}
