@@ -1,52 +1,61 @@
-"""Ray shell around one DeepSpeed learner rank (`edit_rlhf.grpo.learner.GRPOLearner`)."""
+"""Ray shell around one learner rank. The learning logic is a core class in edit_rlhf, named by import path
+(e.g. "edit_rlhf.grpo.learner:GRPOLearner"), constructed as Core(cfg, rank, world, master_addr, master_port).
+
+Two-phase start: rank 0 reports a rendezvous address on its own node, then all ranks `setup` together
+(the process-group init blocks until every rank has joined).
+"""
 from __future__ import annotations
 
+import importlib
 import os
 
 import ray
 
 
-@ray.remote
-class EditorLearnerRank:
-    """Two-phase start: rank 0 reports a rendezvous address on its own node, then all ranks `setup` together
-    (init_process_group blocks until the whole group has joined)."""
+def _resolve(x):
+    """Fetch ObjectRefs nested in lists/tuples/dicts (Ray resolves only top-level arguments)."""
+    if isinstance(x, ray.ObjectRef):
+        return ray.get(x)
+    if isinstance(x, dict):
+        keys = list(x)
+        vals = [_resolve(x[k]) for k in keys]
+        return dict(zip(keys, vals))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_resolve(v) for v in x)
+    return x
 
-    def __init__(self, cfg, rank: int, world: int):
+
+@ray.remote
+class LearnerRank:
+    def __init__(self, core: str, cfg, rank: int, world: int, torch_threads: int = 1):
         from edit_rlhf.runtime import setup_process
 
-        setup_process(cfg.cluster.torch_threads)
-        self.cfg, self.rank, self.world = cfg, rank, world
+        setup_process(torch_threads)
+        self.core_path, self.cfg, self.rank, self.world = core, cfg, rank, world
         self.core = None
 
     def rendezvous(self) -> tuple:
         from edit_rlhf.cluster.pools import free_port
 
-        return ray.util.get_node_ip_address(), self.cfg.learner.master_port or free_port()
+        port = getattr(getattr(self.cfg, "learner", None), "master_port", None)
+        return ray.util.get_node_ip_address(), port or free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict:
-        from edit_rlhf.grpo.learner import GRPOLearner
-
-        self.core = GRPOLearner(self.cfg, self.rank, self.world, master_addr, master_port)
+        mod, _, name = self.core_path.partition(":")
+        cls = getattr(importlib.import_module(mod), name)
+        self.core = cls(self.cfg, self.rank, self.world, master_addr, master_port)
         return self.info()
 
     def info(self) -> dict:
-        return {"rank": self.core.rank, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "trainable": self.core.trainable, "version": self.core.version}
+        out = {"rank": self.rank, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+        if self.core is not None and hasattr(self.core, "info"):
+            out.update(self.core.info())
+        return out
 
-    def train_step(self, plan, trajectories: dict) -> dict:
-        """plan: list of minibatches, each a list of (group key, sample index, advantage);
-        trajectories: group key -> ObjectRef of that group's trajectory (fetched here, not on the driver)."""
-        keys = sorted(trajectories)
-        fetched = dict(zip(keys, ray.get([trajectories[k] for k in keys])))
-        minibatches = [[(fetched[g], j, a) for g, j, a in mb] for mb in plan]
-        return self.core.train_step(minibatches)
+    def call(self, method: str, *args, **kwargs):
+        """core.method(*args, **kwargs) with nested object refs fetched here (not on the driver)."""
+        return getattr(self.core, method)(*_resolve(list(args)), **_resolve(kwargs))
 
-    def lora_ref(self):
-        """The current LoRA weights, put in the object store once; the driver fans the ref out."""
-        return [ray.put(self.core.lora_state()), self.core.version]
-
-    def save_lora(self, path: str) -> str:
-        return self.core.save_lora(path)
-
-    def save_checkpoint(self, path: str, tag: str) -> None:
-        self.core.save_checkpoint(path, tag)
+    def put(self, method: str, *args, **kwargs) -> list:
+        """Like `call`, but the result goes into the object store once; returns [ref] for fan-out."""
+        return [ray.put(self.call(method, *args, **kwargs))]

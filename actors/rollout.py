@@ -28,6 +28,6 @@ class EditorRolloutWorker:
     def evaluate(self, split: str, indices, seeds, source_from=None, instruction_from=None):
         return self.core.evaluate(split, indices, seeds, source_from, instruction_from)
 
-    def set_lora(self, state, version: int) -> int:
-        """`state` arrives resolved from the learner's object ref."""
-        return self.core.set_lora(state, version)
+    def set_lora(self, snapshot: dict) -> int:
+        """`snapshot` ({'state', 'version'}) arrives resolved from the learner's object ref."""
+        return self.core.set_lora(snapshot["state"], snapshot["version"])

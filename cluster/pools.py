@@ -51,6 +51,7 @@ class ActorPool:
         self.actors: List[Any] = [self._spawn(i) for i in range(pool_cfg.size)]
         self.inflight = [0] * pool_cfg.size
         self.served = [0] * pool_cfg.size
+        self.dead: set = set()  # actors that died (RayActorError) and are no longer given work
 
     def _spawn(self, i: int):
         opts = dict(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
@@ -73,11 +74,19 @@ class ActorPool:
         except ray.exceptions.RayActorError as e:
             raise PoolError(f"pool '{self.name}': an actor failed to start: {e}") from None
 
+    def alive(self) -> List[int]:
+        return [i for i in range(len(self.actors)) if i not in self.dead]
+
+    def mark_dead(self, i: int) -> None:
+        self.dead.add(i)
+
     def pick(self, exclude: Optional[set] = None) -> int:
-        """Index of the least-loaded live actor (ties -> least served), skipping `exclude`."""
-        cands = [i for i in range(len(self.actors)) if not exclude or i not in exclude]
-        if not cands:
-            raise PoolError(f"pool '{self.name}': no actor left to take the request")
+        """Index of the least-loaded live actor (ties -> least served), avoiding `exclude` when another
+        live actor exists. Raises PoolError when every actor of the pool is dead."""
+        live = self.alive()
+        if not live:
+            raise PoolError(f"pool '{self.name}': no live actor left ({len(self.actors)} died)")
+        cands = [i for i in live if not exclude or i not in exclude] or live
         return min(cands, key=lambda i: (self.inflight[i], self.served[i], i))
 
     def started(self, i: int) -> None:
@@ -130,3 +139,25 @@ def init_ray(cluster_cfg, runtime_env: Optional[dict] = None) -> dict:
     t = time.time()
     ray.init(**kw)
     return {"seconds": time.time() - t, **ray.cluster_resources()}
+
+
+class LearnerGroup(ActorPool):
+    """K learner ranks (one placement group) hosting the core class `core` ("module:Class")."""
+
+    def __init__(self, name: str, core: str, cfg, pool_cfg, torch_threads: int = 1):
+        from edit_rlhf.actors.learner import LearnerRank
+
+        super().__init__(name, LearnerRank, pool_cfg, lambda i: (core, cfg, i, pool_cfg.size, torch_threads))
+        addr, port = ray.get(self.actors[0].rendezvous.remote())
+        try:
+            self.infos = ray.get(self.call_all("setup", addr, port))
+        except ray.exceptions.RayError as e:
+            self.shutdown()
+            raise PoolError(f"pool '{name}': learner set-up failed: {e}") from None
+
+    def call_ranks(self, method: str, per_rank_args: List[tuple]) -> list:
+        """core.method(*per_rank_args[r]) on every rank r at once; returns the results in rank order."""
+        return ray.get([a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)])
+
+    def broadcast(self, method: str, *args) -> list:
+        return ray.get([a.call.remote(method, *args) for a in self.actors])

@@ -86,6 +86,21 @@ def merge_rank_metrics(ms: List[Dict[str, float]]) -> Dict[str, float]:
     return out
 
 
+def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, float]:
+    """Means of the numeric/boolean per-edit details scorers return (e.g. `parse_ok` of the RRM -> the
+    parse-failure rate, `mse` of the similarity scorer), keeping MLflow's key space small."""
+    vals: Dict[str, List[float]] = {}
+    for j in jobs:
+        for d in j.score["details"]:
+            for k, v in (d or {}).items():
+                if isinstance(v, (bool, int, float)) and not isinstance(v, str):
+                    vals.setdefault(k, []).append(float(v))
+    out = {f"{prefix}/{k}": float(np.nanmean(v)) for k, v in vals.items() if v}
+    if "parse_ok" in vals:
+        out["reward/parse_failure_rate"] = 1.0 - float(np.mean(vals["parse_ok"]))
+    return out
+
+
 def prepare_inputs(cfg) -> None:
     """Build the embedded default's tiny models / sandbox data when `prepare.build_missing` and absent."""
     if not cfg.prepare.build_missing:
@@ -126,10 +141,9 @@ class GRPOTrainer:
     def setup(self) -> None:
         import ray
 
-        from edit_rlhf.actors.learner import EditorLearnerRank
         from edit_rlhf.actors.reward import RewardWorker
         from edit_rlhf.actors.rollout import EditorRolloutWorker
-        from edit_rlhf.cluster.pools import ActorPool, init_ray
+        from edit_rlhf.cluster.pools import ActorPool, LearnerGroup, init_ray
         from edit_rlhf.data.prompts import EditPromptDataset
         from edit_rlhf.rewards import scorer_columns
         from edit_rlhf.tracking import Tracker
@@ -156,10 +170,9 @@ class GRPOTrainer:
                                  lambda i: (cfg, splits, f"rollout-{i}"))
         self.reward = ActorPool("reward", RewardWorker, cfg.reward,
                                 lambda i: (cfg.reward, splits, f"reward-{i}", cfg.cluster.torch_threads))
-        k = cfg.learner.size
-        self.learner = ActorPool("learner", EditorLearnerRank, cfg.learner, lambda i: (cfg, i, k))
-        addr, port = ray.get(self.learner.actors[0].rendezvous.remote())
-        self.learner_info = ray.get(self.learner.call_all("setup", addr, port))
+        self.learner = LearnerGroup("learner", "edit_rlhf.grpo.learner:GRPOLearner", cfg, cfg.learner,
+                                    cfg.cluster.torch_threads)
+        self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
         self.reward_info = self.reward.wait_ready()
         self.version = 0
@@ -171,8 +184,9 @@ class GRPOTrainer:
         import ray
 
         t = time.time()
-        ref, version = ray.get(self.learner.actors[0].lora_ref.remote())
-        got = ray.get([a.set_lora.remote(ref, version) for a in self.rollout.actors])
+        (ref,) = ray.get(self.learner.actors[0].put.remote("lora_snapshot"))
+        version = ray.get(self.learner.actors[0].call.remote("info"))["version"]
+        got = ray.get([a.set_lora.remote(ref) for a in self.rollout.actors])
         if any(v != version for v in got):
             raise RuntimeError(f"weight sync: rollout versions {got} != learner version {version}")
         self.version = version
@@ -198,11 +212,11 @@ class GRPOTrainer:
         adv = np.nan_to_num(adv.reshape(rewards.shape), nan=0.0)  # failed scores: no policy gradient
         plan = rank_plan(len(jobs), a.group_size, adv, cfg.learner.size, a.num_minibatches, cfg.seed, step)
         t_learn = time.time()
-        refs = []
-        for r, actor in enumerate(self.learner.actors):
-            groups = {g for mb in plan[r] for g, _, _ in mb}
-            refs.append(actor.train_step.remote(plan[r], {g: jobs[g].refs[2] for g in groups}))
-        lm = merge_rank_metrics(ray.get(refs))
+        args = []
+        for r in range(cfg.learner.size):
+            groups = {g for mb in plan[r] for g, _, _ in mb}  # each rank fetches only the trajectories it trains on
+            args.append((plan[r], {g: jobs[g].refs[2] for g in groups}))
+        lm = merge_rank_metrics(self.learner.call_ranks("train_on", args))
         t_sync = time.time()
         sync_s = self._sync_weights()
         step_s = time.time() - t_step
@@ -212,6 +226,7 @@ class GRPOTrainer:
         m = {
             "reward/mean": float(valid.mean()) if valid.size else math.nan,
             "reward/std": float(valid.std()) if valid.size else math.nan,
+            **({f"reward/p{q}": float(np.percentile(valid, q)) for q in (10, 50, 90)} if valid.size else {}),
             "reward/group_std_mean": float(np.nanmean(np.nanstd(rewards, axis=1))),
             "reward/failed": int(np.isnan(rewards).sum()),
             "reward/failure_rate": float(np.isnan(rewards).mean()),
@@ -231,6 +246,7 @@ class GRPOTrainer:
         if all(o is not None for o in oracle):
             o = np.array(oracle, dtype=np.float64)
             m["reward/oracle_score"] = float(np.nanmean(o))
+        m.update(detail_metrics(jobs))
         for name, pool in (("rollout", self.rollout), ("reward", self.reward)):
             for i, n in enumerate(pool.served):
                 m[f"pool/{name}_{i}_served"] = n
@@ -319,7 +335,7 @@ class GRPOTrainer:
         name = "final" if final else f"step_{step:06d}"
         d = os.path.join(self.cfg.output_dir, "checkpoints", name)
         os.makedirs(d, exist_ok=True)
-        ray.get(self.learner.actors[0].save_lora.remote(os.path.join(d, "lora")))
+        ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(d, "lora")))
         state = {"step": step, "policy_version": self.version, "sampler": self.sampler.state(),
                  "mlflow_run_id": self.tracker.run_id, "time": time.time()}
         with open(os.path.join(d, "state.json"), "w") as f:

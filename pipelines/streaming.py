@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import ray
 
-from edit_rlhf.cluster.pools import ActorPool
+from edit_rlhf.cluster.pools import ActorPool, PoolError
 
 
 class RolloutFailed(RuntimeError):
@@ -53,14 +53,16 @@ class StreamStats:
 
 def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, num_returns: int,
            timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None) -> StreamStats:
-    """Run all jobs to completion (in place). `method` is the rollout actor method ('rollout'/'evaluate')."""
+    """Run all jobs to completion (in place). `method` is the rollout actor method ('rollout'/'evaluate').
+
+    Dead actors (RayActorError) are taken out of their pool; their requests go to the others."""
     stats = StreamStats()
     t0 = time.time()
     gen_pending: Dict[Any, Job] = {}
     score_pending: Dict[Any, Job] = {}
 
     def submit_gen(job: Job) -> None:
-        i = rollout.pick(job.failed_generators if len(job.failed_generators) < len(rollout.actors) else None)
+        i = rollout.pick(job.failed_generators)
         job.gen_actor = i
         job.gen_attempts += 1
         rollout.started(i)
@@ -69,8 +71,7 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
         gen_pending[job.refs[0]] = job
 
     def submit_score(job: Job) -> None:
-        excl = job.failed_scorers if len(job.failed_scorers) < len(reward.actors) else None
-        i = reward.pick(excl)
+        i = reward.pick(job.failed_scorers)
         job.score_actor = i
         job.score_attempts += 1
         job.score_started = time.time()
@@ -88,8 +89,10 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                 try:
                     job.meta = ray.get(ref)
                     rollout.finished(job.gen_actor, ok=True)
-                except (ray.exceptions.RayError) as e:
+                except ray.exceptions.RayError as e:
                     rollout.finished(job.gen_actor, ok=False)
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        rollout.mark_dead(job.gen_actor)
                     job.failed_generators.add(job.gen_actor)
                     job.errors.append(f"generate on {rollout.name}[{job.gen_actor}]: {type(e).__name__}: {e}")
                     if job.gen_attempts > max_retries:
@@ -112,6 +115,8 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                         on_event("scored", job)
                 except ray.exceptions.RayError as e:
                     reward.finished(job.score_actor, ok=False)
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        reward.mark_dead(job.score_actor)
                     _score_failed(job, f"{type(e).__name__}: {e}", reward, stats, max_retries, submit_score)
         now = time.time()
         for ref, job in list(score_pending.items()):  # per-request timeout
@@ -125,8 +130,12 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
 
 
 def _score_failed(job: Job, why: str, reward: ActorPool, stats: StreamStats, max_retries: int, resubmit) -> None:
+    """Retry elsewhere (bounded); after the last attempt the prompt's rewards are NaN (counted). A pool with
+    no live actor left raises PoolError: the run cannot be scored and stops with a clear message."""
     job.failed_scorers.add(job.score_actor)
     job.errors.append(f"score on {reward.name}[{job.score_actor}]: {why}")
+    if not reward.alive():
+        raise PoolError(f"pool '{reward.name}': every reward worker died; last error: {why[:300]}")
     if job.score_attempts <= max_retries:
         stats.score_retries += 1
         resubmit(job)

@@ -7,7 +7,6 @@ gradients across ranks. Rank 0 hands the new LoRA weights out for the rollout po
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from typing import Any, Dict, List, Sequence, Tuple
@@ -17,7 +16,8 @@ import torch
 from edit_rlhf.algorithms.flow_grpo import clipped_policy_loss, kl_to_reference, sde_step
 from edit_rlhf.models.kontext import KontextCondition, kontext_velocity
 from edit_rlhf.models.lora import add_lora, get_lora_state, lora_metadata, save_lora
-from edit_rlhf.runtime import resolve_device, resolve_dtype
+from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.runtime import resolve_dtype
 
 # One training item: (group trajectory dict, sample index within the group, advantage).
 Item = Tuple[Dict[str, Any], int, float]
@@ -86,45 +86,26 @@ class GRPOLearner:
     """One rank. `cfg` is a GRPOConfig; `rank`/`world` place it in the process group."""
 
     def __init__(self, cfg, rank: int, world: int, master_addr: str, master_port: int):
-        self.cfg = cfg
-        self.rank, self.world = rank, world
-        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world), MASTER_ADDR=master_addr,
-                          MASTER_PORT=str(master_port))
-        import deepspeed
         from diffusers import FluxTransformer2DModel
 
-        self.device = resolve_device(cfg.editor.device)
-        backend = cfg.learner.backend
-        if backend == "auto":
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-        dtype = resolve_dtype(cfg.editor.dtype)
-        tr = FluxTransformer2DModel.from_pretrained(cfg.editor.path, subfolder="transformer", torch_dtype=dtype)
+        self.cfg = cfg
+        self.rank, self.world = rank, world
+        self.device = init_process_group(rank, world, master_addr, master_port, cfg.editor.device,
+                                         cfg.learner.backend)
+        tr = FluxTransformer2DModel.from_pretrained(cfg.editor.path, subfolder="transformer",
+                                                    torch_dtype=resolve_dtype(cfg.editor.dtype))
         lc = cfg.lora
         self.trainable = add_lora(tr, lc.rank, lc.alpha, lc.target_modules, lc.init, lc.seed)
         tr.to(self.device).train()
-        oc = cfg.optim
-        params = [p for p in tr.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay, eps=oc.eps)
         a = cfg.algo
-        per_rank_mb = a.prompts_per_step * a.group_size // (world * a.num_minibatches)
-        rows = per_rank_mb * cfg.sampling.train_timesteps
-        micro = a.micro_batch_size or rows
-        self.micro = micro
-        ds_cfg = {
-            "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": rows // micro,
-            "gradient_clipping": oc.max_grad_norm,
-            "zero_optimization": {"stage": cfg.learner.zero_stage},
-            "bf16": {"enabled": cfg.editor.dtype == "bfloat16"},
-            "fp16": {"enabled": cfg.editor.dtype == "float16"},
-            "steps_per_print": 10 ** 9,
-            "wall_clock_breakdown": False,
-        }
-        self.engine, *_ = deepspeed.initialize(model=tr, model_parameters=params, optimizer=opt, config=ds_cfg)
+        rows = a.prompts_per_step * a.group_size // (world * a.num_minibatches) * cfg.sampling.train_timesteps
+        self.micro = a.micro_batch_size or rows
+        self.engine = deepspeed_engine(tr, [p for p in tr.parameters() if p.requires_grad], cfg.optim,
+                                       cfg.learner.zero_stage, self.micro, rows // self.micro, cfg.editor.dtype)
         self.version = 0
+
+    def info(self) -> dict:
+        return {"rank": self.rank, "world": self.world, "trainable": self.trainable, "version": self.version}
 
     @property
     def module(self):
@@ -132,6 +113,15 @@ class GRPOLearner:
 
     def lora_state(self) -> Dict[str, torch.Tensor]:
         return get_lora_state(self.module)
+
+    def lora_snapshot(self) -> Dict[str, Any]:
+        """What the rollout pool loads: {'state': LoRA tensors, 'version': policy version}."""
+        return {"state": self.lora_state(), "version": self.version}
+
+    def train_on(self, plan: List[List[Tuple[int, int, float]]], trajectories: Dict[int, Dict[str, Any]]
+                 ) -> Dict[str, float]:
+        """plan: minibatches of (group key, sample index, advantage); trajectories: group key -> trajectory."""
+        return self.train_step([[(trajectories[g], j, a) for g, j, a in mb] for mb in plan])
 
     def train_step(self, minibatches: List[List[Item]]) -> Dict[str, float]:
         """One policy update per minibatch (all ranks call with the same number of equal-sized minibatches)."""
