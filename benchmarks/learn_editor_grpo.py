@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,21 +33,6 @@ def run(cfg) -> dict:
     return s
 
 
-def paired(treat, ctrl, frac: float = 0.2) -> dict:
-    t, c = np.asarray(treat, float), np.asarray(ctrl, float)
-    k = max(2, int(round(len(t) * frac)))
-    d = t[-k:] - c[-k:]
-    se = float(d.std(ddof=1) / math.sqrt(k)) if k > 1 else float("nan")
-    return {"diff_last20": float(d.mean()), "se": se, "z": float(d.mean() / se) if se > 0 else float("inf"),
-            "steps_in_window": k}
-
-
-def window(x, frac=0.2):
-    x = np.asarray([v for v in x if v is not None], float)
-    k = max(1, int(round(len(x) * frac)))
-    return float(x[:k].mean()), float(x[-k:].mean())
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/sandbox_tiny.yaml")
@@ -59,6 +41,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     from edit_rlhf.config import GRPOConfig, load_config
     from edit_rlhf.runtime import setup_process
+    from edit_rlhf.stats import paired_difference, windows
 
     setup_process(1)
     import ray
@@ -74,7 +57,7 @@ def main(argv=None) -> dict:
         if not ray.is_initialized():
             from edit_rlhf.cluster.pools import init_ray
 
-            init_ray(cfg.cluster)
+            init_ray(cfg.cluster, log_to_driver=False)
         results[name] = run(cfg)
     ray.shutdown()
     tr, ct = results["treatment"], results["control"]
@@ -83,15 +66,15 @@ def main(argv=None) -> dict:
               "seconds": round(time.time() - t0, 1)}
     report["lr"] = load_config(GRPOConfig, a.config, base).optim.lr
     for name, s in results.items():
-        f, l_ = window(s["rewards"])
+        w = windows(s["rewards"])
         ev = {k.replace("eval/", ""): round(v, 5) for k, v in s["final_eval"].items()
               if k.startswith("eval/") and not k.endswith(("seconds", "failed"))}
-        report[name] = {"reward_first20": f, "reward_last20": l_, "gain": l_ - f, "final_eval": ev,
-                        "seconds": s["seconds"]}
+        report[name] = {"reward_first20": w["first20"], "reward_last20": w["last20"], "gain": w["gain"],
+                        "final_eval": ev, "seconds": s["seconds"]}
         if any(o is not None for o in s["oracle"]):
-            of, ol = window(s["oracle"])
-            report[name].update(oracle_first20=of, oracle_last20=ol)
-    report["paired"] = paired(tr["rewards"], ct["rewards"])
+            wo = windows(s["oracle"])
+            report[name].update(oracle_first20=wo["first20"], oracle_last20=wo["last20"])
+    report["paired"] = paired_difference(tr["rewards"], ct["rewards"])
     report["learned"] = bool(report["treatment"]["gain"] > report["control"]["gain"] and report["paired"]["z"] > 2)
     te = report["treatment"]["final_eval"]
     if "shuffled_source_reward" in te:

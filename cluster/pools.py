@@ -1,12 +1,14 @@
-"""Actor pools on placement groups: one placement group per pool, sized and resourced from config.
+"""Actor pools on placement groups, sized and resourced from config; health checks and resizing.
 
-A pool owns `size` actors of one class, one per bundle of {CPU, GPU, custom resources}. It tracks in-flight
-requests per actor (least-loaded dispatch) and how much work each actor served.
+A pool owns actors of one class, one per bundle of {CPU, GPU, custom resources}. Its actors live in the
+pool's own placement group(s): the one reserved at start and one more per scale-up (removed again on
+scale-down). The pool tracks in-flight requests (least-loaded dispatch), work served, and dead actors.
 """
 from __future__ import annotations
 
+import copy
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -26,56 +28,62 @@ def bundle_of(pool_cfg) -> Dict[str, float]:
     return b or {"CPU": 0.01}  # Ray rejects empty bundles
 
 
-def make_placement_group(name: str, pool_cfg, timeout_s: float = 120.0):
-    """Reserve the pool's bundles, or fail naming what is missing."""
-    bundles = [bundle_of(pool_cfg) for _ in range(pool_cfg.size)]
+def make_placement_group(name: str, pool_cfg, n: int, timeout_s: float = 120.0):
+    """Reserve n bundles for a pool, or fail naming what is missing."""
+    bundles = [bundle_of(pool_cfg) for _ in range(n)]
     pg = placement_group(bundles, strategy=pool_cfg.strategy, name=f"edit_rlhf-{name}")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
-        raise PoolError(f"pool '{name}': could not reserve {pool_cfg.size} bundle(s) of {bundles[0]} within "
+        raise PoolError(f"pool '{name}': could not reserve {n} bundle(s) of {bundles[0]} within "
                         f"{timeout_s:.0f}s; cluster resources available: {ray.available_resources()}")
     return pg
 
 
 class ActorPool:
-    """`size` actors created by `factory(index) -> ActorClass.options(...)`-ready remote class args."""
+    """Actors of `actor_cls`, actor i built with `actor_cls.remote(*make_args(i))`."""
 
     def __init__(self, name: str, actor_cls, pool_cfg, make_args: Callable[[int], tuple], runtime_env=None):
         self.name = name
-        self.cfg = pool_cfg
-        self.pg = make_placement_group(name, pool_cfg)
+        self.cfg = copy.deepcopy(pool_cfg)
         self.actor_cls = actor_cls
         self.make_args = make_args
         self.runtime_env = runtime_env
+        self.pgs: List[Any] = [make_placement_group(name, pool_cfg, pool_cfg.size)]
+        self.slots: List[Tuple[Any, int]] = [(self.pgs[0], i) for i in range(pool_cfg.size)]
         self.actors: List[Any] = [self._spawn(i) for i in range(pool_cfg.size)]
         self.inflight = [0] * pool_cfg.size
         self.served = [0] * pool_cfg.size
-        self.dead: set = set()  # actors that died (RayActorError) and are no longer given work
+        self.dead: set = set()  # actors that died (RayActorError) and are not given work until they answer again
 
     def _spawn(self, i: int):
+        pg, bundle = self.slots[i]
         opts = dict(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
                     resources={k: v for k, v in self.cfg.resources.items()} or None,
-                    max_restarts=self.cfg.max_restarts,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                    name=None)
+                    max_restarts=self.cfg.max_restarts, max_task_retries=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle))
         if self.runtime_env:
             opts["runtime_env"] = self.runtime_env
-        opts = {k: v for k, v in opts.items() if v is not None}
-        return self.actor_cls.options(**opts).remote(*self.make_args(i))
+        return self.actor_cls.options(**{k: v for k, v in opts.items() if v is not None}).remote(*self.make_args(i))
 
-    def wait_ready(self, method: str = "info", timeout_s: float = 600.0) -> List[dict]:
-        """Block until every actor has finished __init__; surfaces construction errors with the pool name."""
-        refs = [getattr(a, method).remote() for a in self.actors]
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self, method: str = "info", timeout_s: float = 600.0, indices: Optional[List[int]] = None
+                   ) -> List[dict]:
+        """Block until the actors have finished __init__; surfaces construction errors with the pool name."""
+        idx = list(range(self.size)) if indices is None else indices
         try:
-            return ray.get(refs, timeout=timeout_s)
+            return ray.get([getattr(self.actors[i], method).remote() for i in idx], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise PoolError(f"pool '{self.name}': actors not ready after {timeout_s:.0f}s") from None
-        except ray.exceptions.RayActorError as e:
+        except ray.exceptions.RayError as e:
             raise PoolError(f"pool '{self.name}': an actor failed to start: {e}") from None
 
+    # ------------------------------------------------------------------ dispatch bookkeeping
     def alive(self) -> List[int]:
-        return [i for i in range(len(self.actors)) if i not in self.dead]
+        return [i for i in range(self.size) if i not in self.dead]
 
     def mark_dead(self, i: int) -> None:
         self.dead.add(i)
@@ -85,7 +93,7 @@ class ActorPool:
         live actor exists. Raises PoolError when every actor of the pool is dead."""
         live = self.alive()
         if not live:
-            raise PoolError(f"pool '{self.name}': no live actor left ({len(self.actors)} died)")
+            raise PoolError(f"pool '{self.name}': no live actor left ({self.size} died)")
         cands = [i for i in live if not exclude or i not in exclude] or live
         return min(cands, key=lambda i: (self.inflight[i], self.served[i], i))
 
@@ -100,45 +108,72 @@ class ActorPool:
     def call_all(self, method: str, *args, **kwargs) -> list:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
 
+    # ------------------------------------------------------------------ health and size
+    def health_check(self, method: str = "info", timeout_s: float = 60.0) -> Dict[str, Any]:
+        """Ping every actor. Those that answer are live (a restarted actor comes back here); those that do
+        not are marked dead. Returns {'infos': {i: info}, 'died': [...], 'revived': [...]}."""
+        refs = {getattr(a, method).remote(): i for i, a in enumerate(self.actors)}
+        deadline = time.time() + timeout_s
+        infos: Dict[int, dict] = {}
+        pending = list(refs)
+        while pending and time.time() < deadline:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.1, deadline - time.time()))
+            for r in ready:
+                try:
+                    infos[refs[r]] = ray.get(r)
+                except ray.exceptions.RayError:
+                    pass
+        died = [i for i in range(self.size) if i not in infos and i not in self.dead]
+        revived = [i for i in infos if i in self.dead]
+        self.dead = {i for i in range(self.size) if i not in infos}
+        return {"infos": infos, "died": died, "revived": revived}
+
+    def resize(self, n: int, timeout_s: float = 600.0) -> List[int]:
+        """Grow (a new placement group for the added bundles) or shrink (newest actors first) to n actors.
+        Call between steps (nothing in flight). Returns the indices of added actors."""
+        if n < 1:
+            raise PoolError(f"pool '{self.name}': size must be >= 1, got {n}")
+        added: List[int] = []
+        if n > self.size:
+            k = n - self.size
+            pg = make_placement_group(f"{self.name}-scale{len(self.pgs)}", self.cfg, k)
+            self.pgs.append(pg)
+            for b in range(k):
+                i = self.size
+                self.slots.append((pg, b))
+                self.actors.append(self._spawn(i))
+                self.inflight.append(0)
+                self.served.append(0)
+                added.append(i)
+            self.wait_ready(indices=added, timeout_s=timeout_s)
+        while self.size > n:
+            i = self.size - 1
+            try:
+                ray.kill(self.actors[i], no_restart=True)
+            except Exception:
+                pass
+            pg, _ = self.slots.pop()
+            self.actors.pop()
+            self.inflight.pop()
+            self.served.pop()
+            self.dead.discard(i)
+            if pg is not self.pgs[0] and all(p is not pg for p, _ in self.slots):
+                remove_placement_group(pg)
+                self.pgs.remove(pg)
+        self.cfg.size = self.size
+        return added
+
     def shutdown(self) -> None:
         for a in self.actors:
             try:
-                ray.kill(a)
+                ray.kill(a, no_restart=True)
             except Exception:
                 pass
-        try:
-            remove_placement_group(self.pg)
-        except Exception:
-            pass
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_ray(cluster_cfg, runtime_env: Optional[dict] = None) -> dict:
-    """Attach to the cluster (`address`, or RAY_ADDRESS under `ray job submit`) or start a local one."""
-    import os
-
-    if ray.is_initialized():
-        return ray.cluster_resources()
-    kw: Dict[str, Any] = dict(namespace=cluster_cfg.namespace, log_to_driver=True,
-                              runtime_env=runtime_env or None)
-    address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
-    if address and address != "local":
-        kw["address"] = address
-    else:
-        kw.update(num_cpus=cluster_cfg.num_cpus or max(8, os.cpu_count() or 1),
-                  include_dashboard=cluster_cfg.include_dashboard, dashboard_host=cluster_cfg.dashboard_host)
-        if cluster_cfg.num_gpus is not None:
-            kw["num_gpus"] = cluster_cfg.num_gpus
-    t = time.time()
-    ray.init(**kw)
-    return {"seconds": time.time() - t, **ray.cluster_resources()}
+        for pg in self.pgs:
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
 
 
 class LearnerGroup(ActorPool):
@@ -155,9 +190,46 @@ class LearnerGroup(ActorPool):
             self.shutdown()
             raise PoolError(f"pool '{name}': learner set-up failed: {e}") from None
 
+    def _spawn(self, i: int):  # a learner rank is not restarted by Ray: the group fails and the run resumes
+        pg, bundle = self.slots[i]
+        return self.actor_cls.options(
+            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
+            resources={k: v for k, v in self.cfg.resources.items()} or None, max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+        ).remote(*self.make_args(i))
+
     def call_ranks(self, method: str, per_rank_args: List[tuple]) -> list:
         """core.method(*per_rank_args[r]) on every rank r at once; returns the results in rank order."""
         return ray.get([a.call.remote(method, *args) for a, args in zip(self.actors, per_rank_args)])
 
     def broadcast(self, method: str, *args) -> list:
         return ray.get([a.call.remote(method, *args) for a in self.actors])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_ray(cluster_cfg, runtime_env: Optional[dict] = None, log_to_driver: bool = True) -> dict:
+    """Attach to the cluster (`address`, or RAY_ADDRESS under `ray job submit`) or start a local one."""
+    import os
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    kw: Dict[str, Any] = dict(namespace=cluster_cfg.namespace, log_to_driver=log_to_driver,
+                              runtime_env=runtime_env or None)
+    address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        kw["address"] = address
+    else:
+        kw.update(num_cpus=cluster_cfg.num_cpus or max(8, os.cpu_count() or 1),
+                  include_dashboard=cluster_cfg.include_dashboard, dashboard_host=cluster_cfg.dashboard_host)
+        if cluster_cfg.num_gpus is not None:
+            kw["num_gpus"] = cluster_cfg.num_gpus
+    t = time.time()
+    ray.init(**kw)
+    return {"seconds": time.time() - t, **ray.cluster_resources()}

@@ -18,6 +18,8 @@ def _pipeline_parser(sub, name: str, help_: str):
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.group_size=8 optim.lr=1e-3")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in output_dir (or the given step directory)")
     return p
 
 
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = ss.add_parser("build", help="generate sandbox datasets (prompts, candidates, pairs, traces)")
     b.add_argument("out")
     b.add_argument("overrides", nargs="*", help="SandboxConfig overrides, e.g. n_train=256 label_noise=0.2")
+    p = sub.add_parser("scale", help="resize a running run's rollout/reward pools at its next step")
+    p.add_argument("output_dir", help="the run's output_dir")
+    p.add_argument("sizes", nargs="+", help="pool=size, e.g. rollout=4 reward=2")
     p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster as a job (wraps `ray job submit`)")
     p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following logs")
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(schema, args):
     from edit_rlhf.config import load_config
 
-    return load_config(schema, args.config, args.overrides)
+    extra = [f"resume={args.resume}"] if getattr(args, "resume", None) else []
+    return load_config(schema, args.config, list(args.overrides) + extra)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -86,6 +92,22 @@ def _dispatch(args) -> int:
 
         cfg = load_config(SandboxConfig, None, args.overrides)
         print(json.dumps(build_sandbox(args.out, cfg), default=str))
+        return 0
+    if args.command == "scale":
+        from edit_rlhf.cluster.control import request_scale
+
+        sizes = {}
+        for kv in args.sizes:
+            k, sep, v = kv.partition("=")
+            if not sep or not v.isdigit():
+                print(f"edit-rlhf scale: error: {kv!r} is not pool=size", file=sys.stderr)
+                return 2
+            sizes[k] = int(v)
+        try:
+            print(f"scale request written: {request_scale(args.output_dir, sizes)}")
+        except ValueError as e:
+            print(f"edit-rlhf scale: error: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit

@@ -1,89 +1,29 @@
 """`edit-rlhf grpo`: the Flow-GRPO driver for the Kontext editor.
 
-Per step: draw P prompts -> G SDE edits each on the rollout pool, streamed to the reward pool as they finish
--> group advantages on the driver -> K DeepSpeed learner ranks update the LoRA -> the new LoRA goes to every
-rollout actor by object ref (policy version +1) -> metrics, sample grids, evaluation and checkpoints.
+Per step: health-check the pools (re-sync restarted actors) and apply pending resize requests -> draw P
+prompts -> G SDE edits each on the rollout pool, streamed to the reward pool as they finish -> group
+advantages on the driver -> K DeepSpeed learner ranks update the LoRA -> the new LoRA goes to every rollout
+actor by object ref (policy version +1) -> metrics, sample grids, evaluation, atomic checkpoints.
 The driver handles only indices, seeds, scores and object refs; images and trajectories stay in the object
-store between the pools.
+store between the pools. `resume` continues a run from its latest checkpoint, in the same MLflow run.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
+import random
 import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edit_rlhf.config import flatten, to_dict, to_yaml
+from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
 from edit_rlhf.pipelines.streaming import Job, stream
 
 
-class PromptSampler:
-    """Epoch-wise shuffled prompt order, deterministic in (seed, epoch); resumable from (epoch, pos)."""
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, pos: int = 0):
-        self.n, self.seed, self.epoch, self.pos = n, seed, epoch, pos
-
-    def _perm(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def next(self, k: int) -> List[int]:
-        out: List[int] = []
-        while len(out) < k:
-            perm = self._perm()
-            take = perm[self.pos: self.pos + k - len(out)]
-            out += [int(i) for i in take]
-            self.pos += len(take)
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return out
-
-    def state(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-
-def sample_seeds(seed: int, step: int, slot: int, g: int) -> List[int]:
-    """Per-sample noise seeds: a function of (run seed, step, prompt slot) only, never of the actor."""
-    return [int(s) for s in np.random.SeedSequence([seed, step, slot]).generate_state(g)]
-
-
-def eval_seed(seed: int, i: int) -> int:
-    """Noise seed of evaluation prompt i (the same at every evaluation of a run)."""
-    return int(np.random.SeedSequence([seed, 10 ** 6, i]).generate_state(1)[0])
-
-
-def rank_plan(n_groups: int, group_size: int, advantages: np.ndarray, ranks: int, minibatches: int,
-              seed: int, step: int) -> List[List[List[tuple]]]:
-    """Shuffle all (group, sample) pairs and deal them into `minibatches` x `ranks` equal chunks.
-
-    advantages: (n_groups, group_size). Returns plan[rank][minibatch] = [(group, sample, advantage), ...]."""
-    pairs = [(g, j) for g in range(n_groups) for j in range(group_size)]
-    order = np.random.default_rng([seed, step, 7]).permutation(len(pairs))
-    per_mb = len(pairs) // minibatches
-    per_rank = per_mb // ranks
-    plan: List[List[List[tuple]]] = [[[] for _ in range(minibatches)] for _ in range(ranks)]
-    for m in range(minibatches):
-        chunk = order[m * per_mb:(m + 1) * per_mb]
-        for r in range(ranks):
-            for k in chunk[r * per_rank:(r + 1) * per_rank]:
-                g, j = pairs[k]
-                plan[r][m].append((g, j, float(advantages[g, j])))
-    return plan
-
-
-def merge_rank_metrics(ms: List[Dict[str, float]]) -> Dict[str, float]:
-    out: Dict[str, float] = {}
-    for k in ms[0]:
-        vals = [m[k] for m in ms]
-        if k in ("ratio_max", "ratio_max_dev", "ratio_first_max_dev", "learner_seconds"):
-            out[k] = max(vals)
-        elif k == "ratio_min":
-            out[k] = min(vals)
-        elif k not in ("rank", "version"):
-            out[k] = float(np.mean(vals))
-    return out
+class LearnerFailed(RuntimeError):
+    pass
 
 
 def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, float]:
@@ -93,7 +33,7 @@ def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, 
     for j in jobs:
         for d in j.score["details"]:
             for k, v in (d or {}).items():
-                if isinstance(v, (bool, int, float)) and not isinstance(v, str):
+                if isinstance(v, (bool, int, float)):
                     vals.setdefault(k, []).append(float(v))
     out = {f"{prefix}/{k}": float(np.nanmean(v)) for k, v in vals.items() if v}
     if "parse_ok" in vals:
@@ -136,6 +76,9 @@ class GRPOTrainer:
         self.quiet = quiet
         self.history: List[Dict[str, float]] = []
         self.eval_history: List[Dict[str, float]] = []
+        self.start_step = 1
+        self.counters = {"prompts_consumed": 0, "samples_trained": 0, "generate_retries": 0, "score_retries": 0,
+                         "score_failures": 0, "stale_generations": 0, "actor_resyncs": 0}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -143,6 +86,7 @@ class GRPOTrainer:
 
         from edit_rlhf.actors.reward import RewardWorker
         from edit_rlhf.actors.rollout import EditorRolloutWorker
+        from edit_rlhf.checkpoint import Checkpoints, load_state
         from edit_rlhf.cluster.pools import ActorPool, LearnerGroup, init_ray
         from edit_rlhf.data.prompts import EditPromptDataset
         from edit_rlhf.rewards import scorer_columns
@@ -152,6 +96,9 @@ class GRPOTrainer:
         t0 = time.time()
         prepare_inputs(cfg)
         absolutize(cfg)
+        self.ckpt = Checkpoints(cfg.output_dir)
+        resume_dir = self.ckpt.resolve(cfg.resume) if cfg.resume else None
+        state = load_state(resume_dir) if resume_dir else None
         need = scorer_columns(cfg.reward)
         self.train_ds = EditPromptDataset(cfg.data.train, require=need, validate=cfg.data.validate)
         self.eval_ds = (EditPromptDataset(cfg.data.eval, require=need, validate=cfg.data.validate)
@@ -160,9 +107,11 @@ class GRPOTrainer:
         self.started_ray = not ray.is_initialized()
         self.ray_info = init_ray(cfg.cluster)
         self.tracker = Tracker(cfg.tracking.dir, cfg.tracking.experiment, cfg.tracking.uri, cfg.tracking.run_name,
+                               run_id=state["mlflow_run_id"] if state else None,
                                tags={"pipeline": "grpo", "editor": cfg.editor.path})
-        self.tracker.log_params(flatten(to_dict(cfg)))
-        self.tracker.log_dict(to_dict(cfg), "config.json")
+        if state is None:
+            self.tracker.log_params(flatten(to_dict(cfg)))
+            self.tracker.log_dict(to_dict(cfg), "config.json")
         splits = {"train": cfg.data.train}
         if self.eval_ds is not None:
             splits["eval"] = cfg.data.eval
@@ -175,39 +124,85 @@ class GRPOTrainer:
         self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
         self.reward_info = self.reward.wait_ready()
-        self.version = 0
+        if state is not None:
+            self._restore(resume_dir, state)
         self.setup_seconds = time.time() - t0
-        self._sync_weights()  # every rollout actor starts from the learner's exact weights
+        self._sync_weights()  # every rollout actor starts from the learner's exact weights (also after resume)
         self.tracker.set_tags({"trainable_params": self.learner_info[0]["trainable"]})
 
-    def _sync_weights(self) -> float:
+    def _restore(self, step_dir: str, state: Dict[str, Any]) -> None:
+        self.learner.broadcast("load_checkpoint", os.path.join(step_dir, "learner"))
+        self.sampler.load(state["sampler"])
+        self.counters.update(state.get("counters", {}))
+        self.start_step = int(state["step"]) + 1
+        np.random.set_state(tuple(state["numpy_rng"]) if isinstance(state["numpy_rng"], list) else state["numpy_rng"])
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python_rng"]))
+        self.tracker.set_tags({f"resumed_at_step_{self.start_step}": step_dir})
+        if not self.quiet:
+            print(f"[resume] from {step_dir}: continuing at step {self.start_step} "
+                  f"(policy v{state['policy_version']}, MLflow run {state['mlflow_run_id']})", flush=True)
+
+    def _sync_weights(self, only: Optional[List[int]] = None) -> float:
+        """Push the learner's LoRA (one object ref, fetched by each actor) to the rollout actors."""
         import ray
 
         t = time.time()
         (ref,) = ray.get(self.learner.actors[0].put.remote("lora_snapshot"))
         version = ray.get(self.learner.actors[0].call.remote("info"))["version"]
-        got = ray.get([a.set_lora.remote(ref) for a in self.rollout.actors])
+        idx = self.rollout.alive() if only is None else only
+        got = ray.get([self.rollout.actors[i].set_lora.remote(ref) for i in idx])
         if any(v != version for v in got):
             raise RuntimeError(f"weight sync: rollout versions {got} != learner version {version}")
         self.version = version
         return time.time() - t
 
+    def _maintain_pools(self, step: int) -> Dict[str, float]:
+        """Between steps: apply resize requests, health-check, re-sync restarted or stale rollout actors."""
+        from edit_rlhf.cluster.control import take_scale_request
+        from edit_rlhf.cluster.pools import PoolError
+
+        m: Dict[str, float] = {}
+        req = take_scale_request(self.cfg.output_dir)
+        if req:
+            for name, n in req.items():
+                pool = getattr(self, name)
+                if n != pool.size:
+                    added = pool.resize(n)
+                    if name == "rollout" and added:
+                        self._sync_weights(only=added)
+                    if not self.quiet:
+                        print(f"[scale] step {step}: pool '{name}' -> {n} actors", flush=True)
+            self.tracker.set_tags({f"scaled_at_step_{step}": str(req)})
+        for pool in (self.rollout, self.reward):
+            h = pool.health_check(timeout_s=self.cfg.reward.timeout_s)
+            if not pool.alive():
+                raise PoolError(f"pool '{pool.name}': no actor answers the health check")
+            if pool is self.rollout:
+                stale = [i for i, info in h["infos"].items() if info.get("version") != self.version]
+                if stale:
+                    self._sync_weights(only=stale)
+                    self.counters["actor_resyncs"] += len(stale)
+            m[f"pool/{pool.name}_size"] = pool.size
+            m[f"pool/{pool.name}_alive"] = len(pool.alive())
+        return m
+
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> Dict[str, float]:
-        import ray
+        from edit_rlhf.algorithms.flow_grpo import group_advantages
 
         cfg, a = self.cfg, self.cfg.algo
         t_step = time.time()
+        pool_m = self._maintain_pools(step)
         indices = self.sampler.next(a.prompts_per_step)
         jobs = [Job(slot=s, split="train", index=i, gen_args=(i, sample_seeds(cfg.seed, step, s, a.group_size)))
                 for s, i in enumerate(indices)]
-        st = stream(jobs, self.rollout, self.reward, "rollout", 3, cfg.reward.timeout_s, cfg.reward.max_retries)
-        t_gen_done = time.time()
+        st = stream(jobs, self.rollout, self.reward, "rollout", 3, cfg.reward.timeout_s, cfg.reward.max_retries,
+                    expected_version=self.version)
+        if st.stale_actors:
+            self._sync_weights(only=sorted(st.stale_actors))
+            self.counters["actor_resyncs"] += len(st.stale_actors)
         rewards = np.array([j.score["rewards"] for j in jobs], dtype=np.float64)  # (P, G)
-        oracle = [j.score.get("oracle_scores") for j in jobs]
         keys = [(j.meta["prompt_id"], j.meta["instruction"]) for j in jobs for _ in range(a.group_size)]
-        from edit_rlhf.algorithms.flow_grpo import group_advantages
-
         adv = group_advantages(rewards.reshape(-1), keys, a.std_eps, a.adv_clip_max, a.global_std).numpy()
         adv = np.nan_to_num(adv.reshape(rewards.shape), nan=0.0)  # failed scores: no policy gradient
         plan = rank_plan(len(jobs), a.group_size, adv, cfg.learner.size, a.num_minibatches, cfg.seed, step)
@@ -216,18 +211,40 @@ class GRPOTrainer:
         for r in range(cfg.learner.size):
             groups = {g for mb in plan[r] for g, _, _ in mb}  # each rank fetches only the trajectories it trains on
             args.append((plan[r], {g: jobs[g].refs[2] for g in groups}))
-        lm = merge_rank_metrics(self.learner.call_ranks("train_on", args))
+        try:
+            lm = merge_rank_metrics(self.learner.call_ranks("train_on", args))
+        except Exception as e:  # a learner rank died or raised: stop; the last checkpoint stays resumable
+            raise LearnerFailed(self._learner_failure(step, e)) from None
         t_sync = time.time()
         sync_s = self._sync_weights()
         step_s = time.time() - t_step
+        self.counters["prompts_consumed"] += len(jobs)
+        self.counters["samples_trained"] += rewards.size
+        for k in ("generate_retries", "score_retries", "score_failures", "stale_generations"):
+            self.counters[k] += getattr(st, k.replace("generate_", "gen_"))
+        m = self._step_metrics(jobs, rewards, adv, lm, st, step_s, t_sync - t_learn, sync_s)
+        m.update(pool_m)
+        if step % cfg.tracking.log_images_every == 0 or step == cfg.steps:
+            self._log_grid(step, jobs)
+        self.tracker.log_metrics(m, step)
+        m["step"] = step
+        self.history.append(m)
+        return m
+
+    def _learner_failure(self, step: int, err: Exception) -> str:
+        latest = self.ckpt.latest()
+        hint = (f"resume from {latest} with `edit-rlhf grpo --config <same config> resume=auto`" if latest else
+                "no checkpoint was written yet (set save_every to checkpoint more often)")
+        return f"learner failed at step {step}: {type(err).__name__}: {str(err)[:500]}; {hint}"
+
+    def _step_metrics(self, jobs, rewards, adv, lm, st, step_s, learner_s, sync_s) -> Dict[str, float]:
         valid = rewards[~np.isnan(rewards)]
-        n_samples = rewards.size
+        n = rewards.size
         versions = [j.meta["policy_version"] for j in jobs]
-        m = {
+        m: Dict[str, float] = {
             "reward/mean": float(valid.mean()) if valid.size else math.nan,
             "reward/std": float(valid.std()) if valid.size else math.nan,
-            **({f"reward/p{q}": float(np.percentile(valid, q)) for q in (10, 50, 90)} if valid.size else {}),
-            "reward/group_std_mean": float(np.nanmean(np.nanstd(rewards, axis=1))),
+            "reward/group_std_mean": float(np.nanmean(np.nanstd(rewards, axis=1))) if valid.size else math.nan,
             "reward/failed": int(np.isnan(rewards).sum()),
             "reward/failure_rate": float(np.isnan(rewards).mean()),
             "reward/zero_std_groups": int((np.nanstd(rewards, axis=1) < 1e-12).sum()),
@@ -235,26 +252,23 @@ class GRPOTrainer:
             **{f"train/{k}": v for k, v in lm.items() if k != "learner_seconds"},
             "policy_version": self.version,
             "policy/rollout_version_lag": int(self.version - 1 - min(versions)),
-            "time/generate_s": st.gen_seconds, "time/score_tail_s": st.tail_seconds,
-            "time/learner_s": t_sync - t_learn, "time/learner_compute_s": lm["learner_seconds"],
-            "time/sync_s": sync_s, "time/step_s": step_s,
-            "throughput/samples_per_s": n_samples / step_s,
-            "throughput/rollout_samples_per_s": n_samples / max(st.gen_seconds, 1e-9),
+            "time/generate_s": st.gen_seconds, "time/score_tail_s": st.tail_seconds, "time/learner_s": learner_s,
+            "time/learner_compute_s": lm["learner_seconds"], "time/sync_s": sync_s, "time/step_s": step_s,
+            "throughput/samples_per_s": n / step_s,
+            "throughput/rollout_samples_per_s": n / max(st.gen_seconds, 1e-9),
             "faults/generate_retries": st.gen_retries, "faults/score_retries": st.score_retries,
-            "faults/score_failures": st.score_failures,
+            "faults/score_failures": st.score_failures, "faults/stale_generations": st.stale_generations,
+            **{f"counters/{k}": v for k, v in self.counters.items()},
         }
+        if valid.size:
+            m.update({f"reward/p{q}": float(np.percentile(valid, q)) for q in (10, 50, 90)})
+        oracle = [j.score.get("oracle_scores") for j in jobs]
         if all(o is not None for o in oracle):
-            o = np.array(oracle, dtype=np.float64)
-            m["reward/oracle_score"] = float(np.nanmean(o))
+            m["reward/oracle_score"] = float(np.nanmean(np.array(oracle, dtype=np.float64)))
         m.update(detail_metrics(jobs))
         for name, pool in (("rollout", self.rollout), ("reward", self.reward)):
-            for i, n in enumerate(pool.served):
-                m[f"pool/{name}_{i}_served"] = n
-        if step % cfg.tracking.log_images_every == 0 or step == cfg.steps:
-            self._log_grid(step, jobs)
-        self.tracker.log_metrics(m, step)
-        m["step"] = step
-        self.history.append(m)
+            for i, k in enumerate(pool.served):
+                m[f"pool/{name}_{i}_served"] = k
         return m
 
     def _log_grid(self, step: int, jobs: List[Job]) -> None:
@@ -296,7 +310,8 @@ class GRPOTrainer:
         matched: List[Job] = []
         for variant in (["matched", "shuffled_source", "shuffled_instruction"] if probes and n > 1 else ["matched"]):
             jobs = self._eval_jobs(n, variant)
-            stream(jobs, self.rollout, self.reward, "evaluate", 2, cfg.reward.timeout_s, cfg.reward.max_retries)
+            stream(jobs, self.rollout, self.reward, "evaluate", 2, cfg.reward.timeout_s, cfg.reward.max_retries,
+                   expected_version=self.version)
             name = "" if variant == "matched" else variant + "_"
             rewards = np.array([j.score["rewards"][0] for j in jobs], dtype=np.float64)
             m[f"eval/{name}reward"] = float(np.nanmean(rewards))
@@ -307,7 +322,7 @@ class GRPOTrainer:
             if variant == "matched":
                 matched = jobs
         if probes:
-            refs = [self.reward.actors[i % len(self.reward.actors)].score.remote(
+            refs = [self.reward.actors[i % self.reward.size].score.remote(
                 "eval", i, ray.put(self.eval_ds.image(i)[None])) for i in range(n)]
             res = ray.get(refs)
             m["eval/copy_source_reward"] = float(np.nanmean([r["rewards"][0] for r in res]))
@@ -329,18 +344,20 @@ class GRPOTrainer:
         return m
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, step: int, final: bool = False) -> str:
+    def save(self, step: int) -> str:
+        """One atomic step directory: learner (DeepSpeed, all ranks), diffusers LoRA, state.json; then `latest`."""
         import ray
 
-        name = "final" if final else f"step_{step:06d}"
-        d = os.path.join(self.cfg.output_dir, "checkpoints", name)
-        os.makedirs(d, exist_ok=True)
-        ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(d, "lora")))
-        state = {"step": step, "policy_version": self.version, "sampler": self.sampler.state(),
-                 "mlflow_run_id": self.tracker.run_id, "time": time.time()}
-        with open(os.path.join(d, "state.json"), "w") as f:
-            json.dump(state, f, indent=2)
-        return d
+        tmp = self.ckpt.begin(step)
+        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+        ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
+        np_state = np.random.get_state()
+        state = {"step": step, "policy_version": self.version, "rrm_version": None,
+                 "sampler": self.sampler.state(), "counters": dict(self.counters),
+                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                 "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
+                 "config": to_dict(self.cfg), "time": time.time()}
+        return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
@@ -351,9 +368,11 @@ class GRPOTrainer:
         t0 = time.time()
         try:
             self.setup()
-            if self.eval_ds is not None:
+            if self.eval_ds is not None and self.start_step == 1:
                 self.evaluate(0)
-            bar = tqdm(range(1, cfg.steps + 1), desc="grpo", disable=self.quiet, dynamic_ncols=True)
+            bar = tqdm(range(self.start_step, cfg.steps + 1), desc="grpo", disable=self.quiet, dynamic_ncols=True,
+                       initial=self.start_step - 1, total=cfg.steps)
+            last_dir = self.ckpt.latest()
             for step in bar:
                 m = self.step(step)
                 post = {"reward": f"{m['reward/mean']:.4g}", "v": m["policy_version"],
@@ -363,34 +382,35 @@ class GRPOTrainer:
                 bar.set_postfix(post)
                 if self.eval_ds is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     self.evaluate(step)
-                if cfg.save_every and step % cfg.save_every == 0 and step != cfg.steps:
-                    self.save(step)
-            final = self.save(cfg.steps, final=True)
+                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                    last_dir = self.save(step)
             if self.eval_ds is not None:
-                self.evaluate(cfg.steps, probes=cfg.eval_probes, save_dir=final)
+                self.evaluate(cfg.steps, probes=cfg.eval_probes, save_dir=last_dir)
             status = "FINISHED"
-            summary = self.summary(time.time() - t0, final)
+            summary = self.summary(time.time() - t0, last_dir)
             self.tracker.log_dict(summary, "summary.json")
             return summary
         finally:
             self.shutdown(status)
 
-    def summary(self, seconds: float, final_dir: str) -> Dict[str, Any]:
+    def summary(self, seconds: float, final_dir: Optional[str]) -> Dict[str, Any]:
         h = self.history
         k = max(1, len(h) // 5)
-        first = float(np.nanmean([m["reward/mean"] for m in h[:k]]))
-        last = float(np.nanmean([m["reward/mean"] for m in h[-k:]]))
-        s = {"pipeline": "grpo", "steps": len(h), "seconds": round(seconds, 1),
-             "setup_seconds": round(self.setup_seconds, 1),
-             "reward_first20": first, "reward_last20": last, "policy_version": self.version,
-             "run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri,
-             "final_lora": os.path.join(final_dir, "lora"),
-             "rollout_served": list(self.rollout.served), "reward_served": list(self.reward.served),
-             "failed_rewards": int(sum(m["reward/failed"] for m in h)),
-             "ratio_first_max_dev": max(m["train/ratio_first_max_dev"] for m in h)}
-        if "reward/oracle_score" in h[0]:
-            s["oracle_first20"] = float(np.mean([m["reward/oracle_score"] for m in h[:k]]))
-            s["oracle_last20"] = float(np.mean([m["reward/oracle_score"] for m in h[-k:]]))
+        s: Dict[str, Any] = {"pipeline": "grpo", "steps": len(h), "last_step": self.cfg.steps,
+                             "seconds": round(seconds, 1), "setup_seconds": round(self.setup_seconds, 1),
+                             "policy_version": self.version, "run_id": self.tracker.run_id,
+                             "tracking_uri": self.tracker.uri, "checkpoint": final_dir,
+                             "final_lora": os.path.join(final_dir, "lora") if final_dir else None,
+                             "rollout_served": list(self.rollout.served), "reward_served": list(self.reward.served),
+                             "counters": dict(self.counters)}
+        if h:
+            s.update(reward_first20=float(np.nanmean([m["reward/mean"] for m in h[:k]])),
+                     reward_last20=float(np.nanmean([m["reward/mean"] for m in h[-k:]])),
+                     failed_rewards=int(sum(m["reward/failed"] for m in h)),
+                     ratio_first_max_dev=max(m["train/ratio_first_max_dev"] for m in h))
+            if "reward/oracle_score" in h[0]:
+                s["oracle_first20"] = float(np.mean([m["reward/oracle_score"] for m in h[:k]]))
+                s["oracle_last20"] = float(np.mean([m["reward/oracle_score"] for m in h[-k:]]))
         if self.eval_history:
             s["eval_first"] = self.eval_history[0]
             s["eval_last"] = self.eval_history[-1]
@@ -410,13 +430,14 @@ class GRPOTrainer:
 
 
 def summary_line(s: Dict[str, Any]) -> str:
-    parts = [f"grpo: {s['steps']} steps in {s['seconds']:.0f}s (setup {s['setup_seconds']:.0f}s)",
-             f"reward {s['reward_first20']:.4g} -> {s['reward_last20']:.4g} (first/last 20%)"]
+    parts = [f"grpo: {s['steps']} steps in {s['seconds']:.0f}s (setup {s['setup_seconds']:.0f}s)"]
+    if "reward_first20" in s:
+        parts.append(f"reward {s['reward_first20']:.4g} -> {s['reward_last20']:.4g} (first/last 20%)")
     if "oracle_first20" in s:
         parts.append(f"oracle {s['oracle_first20']:.2f} -> {s['oracle_last20']:.2f}")
     if "eval_last" in s:
         parts.append(f"eval reward {s['eval_first']['eval/reward']:.4g} -> {s['eval_last']['eval/reward']:.4g}")
-    parts += [f"policy v{s['policy_version']}", f"failed rewards {s['failed_rewards']}",
+    parts += [f"policy v{s['policy_version']}", f"failed rewards {s.get('failed_rewards', 0)}",
               f"mlflow run {s['run_id']}", f"LoRA {s['final_lora']}"]
     return " | ".join(parts)
 
@@ -426,6 +447,10 @@ def run_grpo(cfg, quiet: bool = False) -> Dict[str, Any]:
 
     setup_process(cfg.cluster.torch_threads)
     trainer = GRPOTrainer(cfg, quiet=quiet)
-    s = trainer.run()
+    try:
+        s = trainer.run()
+    except LearnerFailed as e:
+        print(f"edit-rlhf grpo: {e}", flush=True)
+        raise
     print(summary_line(s), flush=True)
     return s

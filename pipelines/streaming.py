@@ -49,13 +49,19 @@ class StreamStats:
     gen_retries: int = 0
     score_retries: int = 0
     score_failures: int = 0  # prompts whose scoring failed on every attempt
+    stale_generations: int = 0  # generations by an actor on an old policy version (redone elsewhere)
+    stale_actors: set = field(default_factory=set)
 
 
 def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, num_returns: int,
-           timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None) -> StreamStats:
+           timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None,
+           expected_version: Optional[int] = None) -> StreamStats:
     """Run all jobs to completion (in place). `method` is the rollout actor method ('rollout'/'evaluate').
 
-    Dead actors (RayActorError) are taken out of their pool; their requests go to the others."""
+    Dead actors (RayActorError) are taken out of their pool; their requests go to the others. With
+    `expected_version`, a generation made by an actor on another policy version (e.g. one Ray restarted and
+    that has not been re-synced yet) is discarded and redone elsewhere; the actor is reported in
+    `stats.stale_actors` and gets no more work in this call."""
     stats = StreamStats()
     t0 = time.time()
     gen_pending: Dict[Any, Job] = {}
@@ -99,6 +105,15 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                         raise RolloutFailed(f"prompt {job.split}[{job.index}] failed to generate "
                                             f"{job.gen_attempts} times; last error: {job.errors[-1][:500]}") from None
                     stats.gen_retries += 1
+                    submit_gen(job)
+                    continue
+                if expected_version is not None and job.meta.get("policy_version") != expected_version:
+                    stats.stale_generations += 1
+                    stats.stale_actors.add(job.gen_actor)
+                    rollout.mark_dead(job.gen_actor)  # until re-synced by the driver
+                    job.failed_generators.add(job.gen_actor)
+                    job.errors.append(f"generate on {rollout.name}[{job.gen_actor}]: stale policy version "
+                                      f"{job.meta.get('policy_version')} != {expected_version}")
                     submit_gen(job)
                     continue
                 if not gen_pending:

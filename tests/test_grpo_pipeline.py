@@ -30,7 +30,7 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
     arts = {a.path for d in ("", "samples", "eval") for a in client.list_artifacts(s["run_id"], d or None)}
     assert any(p.startswith("samples/") and p.endswith(".png") for p in arts)
     assert any(p.startswith("eval/") and p.endswith(".png") for p in arts) and "config.json" in arts
-    assert os.path.isdir(os.path.join(cfg.output_dir, "checkpoints", "step_000002", "lora"))
+    assert os.path.isdir(os.path.join(cfg.output_dir, "checkpoints", "step_00000002", "lora"))
 
     # The trained LoRA in plain diffusers reproduces the trained policy's ODE edit (eval prompt 0).
     import torch

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from edit_rlhf.config.rrm import RRMScorerConfig
+
 
 def _choice(name: str, value: str, allowed) -> None:
     if value not in allowed:
@@ -200,14 +202,17 @@ class SimilarityScorerConfig:
 class RewardConfig(PoolConfig):
     """The reward pool: M actors behind one scorer interface."""
 
-    scorer: str = "similarity"  # similarity | oracle
+    scorer: str = "similarity"  # similarity | oracle | rrm
     timeout_s: float = 120.0  # per scoring request
     max_retries: int = 2  # resubmissions of a failed request (on another worker when there is one)
     similarity: SimilarityScorerConfig = field(default_factory=SimilarityScorerConfig)
+    rrm: RRMScorerConfig = field(default_factory=RRMScorerConfig)
 
     def check(self) -> None:
         super().check()
-        _choice("scorer", self.scorer, {"similarity", "oracle"})
+        _choice("scorer", self.scorer, {"similarity", "oracle", "rrm"})
+        if self.scorer == "rrm":
+            self.rrm.require_path()
         _positive("timeout_s", self.timeout_s)
         _positive("max_retries", self.max_retries, strict=False)
 
@@ -262,6 +267,7 @@ class GRPOConfig:
     eval_probes: bool = True  # final eval also with shuffled sources / instructions and the copy-source baseline
     save_every: int = 10  # 0 saves only at the end
     output_dir: str = "outputs/grpo"
+    resume: Optional[str] = None  # "auto" (latest checkpoint in output_dir), a step directory, or a checkpoints root
     editor: EditorConfig = field(default_factory=EditorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -166,6 +166,19 @@ class GRPOLearner:
             save_lora(path, self.lora_state(), lora_metadata(self.module))
         return path
 
-    def save_checkpoint(self, path: str, tag: str) -> None:
-        """DeepSpeed engine state (LoRA, optimizer) on every rank (a collective call)."""
-        self.engine.save_checkpoint(path, tag=tag)
+    def save_checkpoint(self, path: str, tag: str = "ds") -> None:
+        """DeepSpeed state on every rank (a collective call): trainable (LoRA) weights only — the frozen base is
+        reloaded from `editor.path` — plus optimizer partitions, the policy version and this rank's RNG."""
+        self.engine.save_checkpoint(path, tag=tag, exclude_frozen_parameters=True,
+                                    client_state={"version": self.version,
+                                                  "torch_rng": torch.random.get_rng_state()})
+
+    def load_checkpoint(self, path: str, tag: str = "ds") -> Dict[str, Any]:
+        """Restore what `save_checkpoint` wrote (LoRA, optimizer, version, RNG). Returns the client state."""
+        load_path, client = self.engine.load_checkpoint(path, tag=tag, load_module_strict=False,
+                                                        load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
+        self.version = int(client["version"])
+        torch.random.set_rng_state(client["torch_rng"])
+        return {"version": self.version}

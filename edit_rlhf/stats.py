@@ -1,0 +1,31 @@
+"""Small statistics for learning claims: first/last windows and paired treatment-vs-control differences.
+
+Every learning claim pairs a treatment run with a same-seed lr=0 control (identical prompts and noise per
+step), so per-step differences cancel the prompt-to-prompt variance that swamps unpaired comparisons.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence
+
+import numpy as np
+
+
+def windows(values: Sequence[float], frac: float = 0.2) -> Dict[str, float]:
+    """Mean of the first and last `frac` of a series (NaNs/None ignored) and their difference ('gain')."""
+    x = np.asarray([v for v in values if v is not None], float)
+    k = max(1, int(round(len(x) * frac)))
+    first, last = float(np.nanmean(x[:k])), float(np.nanmean(x[-k:]))
+    return {"first20": first, "last20": last, "gain": last - first}
+
+
+def paired_difference(treatment: Sequence[float], control: Sequence[float], frac: float = 0.2) -> Dict[str, float]:
+    """Mean of (treatment - control) over the last `frac` of steps, with its standard error and z."""
+    t, c = np.asarray(treatment, float), np.asarray(control, float)
+    if t.shape != c.shape:
+        raise ValueError(f"treatment ({t.shape}) and control ({c.shape}) must have the same number of steps")
+    k = max(2, int(round(len(t) * frac)))
+    d = t[-k:] - c[-k:]
+    se = float(d.std(ddof=1) / math.sqrt(k))
+    mean = float(d.mean())
+    return {"diff": mean, "se": se, "z": mean / se if se > 0 else (math.inf if mean > 0 else 0.0), "steps": k}
