@@ -31,8 +31,10 @@ class RewardWorker:
         """images: uint8 (G, H, W, 3) (resolved from the rollout's object ref).
         Returns {'rewards', 'ok', 'errors', 'details', 'worker', 'seconds'}; also the sandbox oracle's score
         per image as 'oracle_scores' when the dataset carries oracle records (a monitor, not the reward)."""
+        from edit_rlhf.faults import maybe_fail
         from edit_rlhf.rewards.oracle import oracle_detail
 
+        maybe_fail(self.worker_id, "score")
         t0 = time.time()
         ds = self.data[split]
         cols = self.cols + (["oracle"] if self.has_oracle[split] and "oracle" not in self.cols else [])

@@ -110,23 +110,33 @@ class ActorPool:
 
     # ------------------------------------------------------------------ health and size
     def health_check(self, method: str = "info", timeout_s: float = 60.0) -> Dict[str, Any]:
-        """Ping every actor. Those that answer are live (a restarted actor comes back here); those that do
-        not are marked dead. Returns {'infos': {i: info}, 'died': [...], 'revived': [...]}."""
-        refs = {getattr(a, method).remote(): i for i, a in enumerate(self.actors)}
+        """Ping every actor. Those that answer are live (an actor Ray is restarting answers once it is back:
+        pings that meet `ActorUnavailableError` are repeated until `timeout_s`); those that do not, or that
+        Ray reports dead for good (`ActorDiedError`), are marked dead.
+        Returns {'infos': {i: info}, 'died': [...], 'revived': [...]}."""
         deadline = time.time() + timeout_s
         infos: Dict[int, dict] = {}
-        pending = list(refs)
-        while pending and time.time() < deadline:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=max(0.1, deadline - time.time()))
+        gone: set = set()
+        todo = list(range(self.size))
+        while todo and time.time() < deadline:
+            refs = {getattr(self.actors[i], method).remote(): i for i in todo}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=max(0.1, deadline - time.time()))
+            retry = []
             for r in ready:
+                i = refs[r]
                 try:
-                    infos[refs[r]] = ray.get(r)
+                    infos[i] = ray.get(r)
+                except ray.exceptions.ActorUnavailableError:
+                    retry.append(i)  # restarting: ask again
                 except ray.exceptions.RayError:
-                    pass
+                    gone.add(i)
+            todo = retry
+            if todo:
+                time.sleep(0.5)
         died = [i for i in range(self.size) if i not in infos and i not in self.dead]
         revived = [i for i in infos if i in self.dead]
         self.dead = {i for i in range(self.size) if i not in infos}
-        return {"infos": infos, "died": died, "revived": revived}
+        return {"infos": infos, "died": died, "revived": revived, "gone": sorted(gone)}
 
     def resize(self, n: int, timeout_s: float = 600.0) -> List[int]:
         """Grow (a new placement group for the added bundles) or shrink (newest actors first) to n actors.
@@ -179,10 +189,11 @@ class ActorPool:
 class LearnerGroup(ActorPool):
     """K learner ranks (one placement group) hosting the core class `core` ("module:Class")."""
 
-    def __init__(self, name: str, core: str, cfg, pool_cfg, torch_threads: int = 1):
+    def __init__(self, name: str, core: str, cfg, pool_cfg, torch_threads: int = 1, runtime_env=None):
         from edit_rlhf.actors.learner import LearnerRank
 
-        super().__init__(name, LearnerRank, pool_cfg, lambda i: (core, cfg, i, pool_cfg.size, torch_threads))
+        super().__init__(name, LearnerRank, pool_cfg, lambda i: (core, cfg, i, pool_cfg.size, torch_threads),
+                         runtime_env=runtime_env)
         addr, port = ray.get(self.actors[0].rendezvous.remote())
         try:
             self.infos = ray.get(self.call_all("setup", addr, port))
@@ -192,11 +203,11 @@ class LearnerGroup(ActorPool):
 
     def _spawn(self, i: int):  # a learner rank is not restarted by Ray: the group fails and the run resumes
         pg, bundle = self.slots[i]
-        return self.actor_cls.options(
-            num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
-            resources={k: v for k, v in self.cfg.resources.items()} or None, max_restarts=0,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
-        ).remote(*self.make_args(i))
+        opts = dict(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
+                    resources={k: v for k, v in self.cfg.resources.items()} or None, max_restarts=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+                    runtime_env=self.runtime_env)
+        return self.actor_cls.options(**{k: v for k, v in opts.items() if v is not None}).remote(*self.make_args(i))
 
     def call_ranks(self, method: str, per_rank_args: List[tuple]) -> list:
         """core.method(*per_rank_args[r]) on every rank r at once; returns the results in rank order."""

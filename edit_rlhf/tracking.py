@@ -43,13 +43,13 @@ class Tracker:
 
     def __init__(self, directory: str = "mlruns", experiment: str = "edit_rlhf", uri: Optional[str] = None,
                  run_name: Optional[str] = None, run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None):
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(directory)
         if self.uri.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]) or ".", exist_ok=True)
-        mlflow.set_tracking_uri(self.uri)
+        # An explicit client only: mlflow.set_tracking_uri() would also export MLFLOW_TRACKING_URI to every
+        # child process (and so redirect the next run started from here).
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.faults import maybe_fail
 from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
 from edit_rlhf.pipelines.streaming import Job, stream
 
@@ -115,12 +116,14 @@ class GRPOTrainer:
         splits = {"train": cfg.data.train}
         if self.eval_ds is not None:
             splits["eval"] = cfg.data.eval
+        env = cfg.cluster.runtime_env()
         self.rollout = ActorPool("rollout", EditorRolloutWorker, cfg.rollout,
-                                 lambda i: (cfg, splits, f"rollout-{i}"))
+                                 lambda i: (cfg, splits, f"rollout-{i}"), runtime_env=env)
         self.reward = ActorPool("reward", RewardWorker, cfg.reward,
-                                lambda i: (cfg.reward, splits, f"reward-{i}", cfg.cluster.torch_threads))
+                                lambda i: (cfg.reward, splits, f"reward-{i}", cfg.cluster.torch_threads),
+                                runtime_env=env)
         self.learner = LearnerGroup("learner", "edit_rlhf.grpo.learner:GRPOLearner", cfg, cfg.learner,
-                                    cfg.cluster.torch_threads)
+                                    cfg.cluster.torch_threads, runtime_env=env)
         self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
         self.reward_info = self.reward.wait_ready()
@@ -198,6 +201,7 @@ class GRPOTrainer:
                 for s, i in enumerate(indices)]
         st = stream(jobs, self.rollout, self.reward, "rollout", 3, cfg.reward.timeout_s, cfg.reward.max_retries,
                     expected_version=self.version)
+        maybe_fail("driver", "step")  # drills: the driver dies mid-step (after generation, before the update)
         if st.stale_actors:
             self._sync_weights(only=sorted(st.stale_actors))
             self.counters["actor_resyncs"] += len(st.stale_actors)
@@ -388,10 +392,29 @@ class GRPOTrainer:
                 self.evaluate(cfg.steps, probes=cfg.eval_probes, save_dir=last_dir)
             status = "FINISHED"
             summary = self.summary(time.time() - t0, last_dir)
+            summary["placement"] = self.placement()
             self.tracker.log_dict(summary, "summary.json")
             return summary
         finally:
             self.shutdown(status)
+
+    def placement(self) -> Dict[str, List[Dict[str, Any]]]:
+        """Where each pool's actors run: node id and that node's custom resources (for multi-node checks)."""
+        import ray
+
+        nodes = {n["NodeID"]: n for n in ray.nodes()}
+
+        def where(info):
+            n = nodes.get(info.get("node"), {})
+            custom = sorted(k for k in n.get("Resources", {}) if k not in ("CPU", "GPU", "memory",
+                                                                           "object_store_memory")
+                            and not k.startswith("node:") and not k.startswith("accelerator_type"))
+            return {"node": info.get("node"), "address": n.get("NodeManagerAddress"), "custom": custom}
+
+        out = {"learner": [where(i) for i in self.learner.infos]}
+        for name in ("rollout", "reward"):
+            out[name] = [where(i) for i in getattr(self, name).health_check()["infos"].values()]
+        return out
 
     def summary(self, seconds: float, final_dir: Optional[str]) -> Dict[str, Any]:
         h = self.history

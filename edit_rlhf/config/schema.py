@@ -40,6 +40,10 @@ class ClusterConfig:
     dashboard_host: str = "127.0.0.1"  # loopback by default; never expose the dashboard by accident
     torch_threads: int = 1  # per actor process; oversubscription made CPU steps 20-30x slower
     namespace: str = "edit_rlhf"
+    actor_env: Dict[str, str] = field(default_factory=dict)  # extra environment variables for every actor
+
+    def runtime_env(self) -> Optional[dict]:
+        return {"env_vars": dict(self.actor_env)} if self.actor_env else None
 
     def check(self) -> None:
         _positive("num_cpus", self.num_cpus)

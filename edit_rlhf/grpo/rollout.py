@@ -14,6 +14,7 @@ import torch
 
 from edit_rlhf.algorithms.sampler import sample_ode, sample_sde
 from edit_rlhf.data.prompts import EditPromptDataset
+from edit_rlhf.faults import maybe_fail
 from edit_rlhf.models.kontext import KontextEditor
 from edit_rlhf.models.lora import add_lora, set_lora_state
 from edit_rlhf.runtime import resolve_device, resolve_dtype
@@ -57,6 +58,7 @@ class EditorRollout:
 
         Returns (meta, images uint8 (G, H, W, 3), traj) where traj holds latents (G, K+1, L, C), log_probs
         (G, K), timesteps, sigmas, the group's condition (B = 1) and the policy version."""
+        maybe_fail(self.worker_id, "rollout")
         t0 = time.time()
         sc = self.cfg.sampling
         pid, src, instr = self._source(split, index)
