@@ -231,8 +231,9 @@ def init_ray(cluster_cfg, runtime_env: Optional[dict] = None, log_to_driver: boo
 
     if ray.is_initialized():
         return ray.cluster_resources()
-    kw: Dict[str, Any] = dict(namespace=cluster_cfg.namespace, log_to_driver=log_to_driver,
-                              runtime_env=runtime_env or None)
+    kw: Dict[str, Any] = dict(namespace=cluster_cfg.namespace, log_to_driver=log_to_driver)
+    if runtime_env:  # never pass None: under `ray job submit` that would drop the job's own runtime_env
+        kw["runtime_env"] = runtime_env
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
         kw["address"] = address

@@ -1,23 +1,28 @@
-"""`edit-rlhf submit -- <command> ...`: run a pipeline as a Ray job (a thin wrapper over `ray job submit`).
+"""`edit-rlhf submit -- <command> ...`: run a pipeline as a Ray job (Ray's job SDK, as `ray job submit` does).
 
-- working_dir is the repository, minus what must not travel (.git, the venv, MLflow stores, outputs, caches);
+- working_dir is the repository, minus what must not travel (.git, the venv, MLflow stores, outputs, caches,
+  checkpoints);
 - the entrypoint is `python -m edit_rlhf <command> ...`;
-- `tracking.dir` and `output_dir` default to absolute paths on the submitting machine (right for a local
-  cluster; on a remote cluster point `tracking.uri` at an MLflow server and `output_dir` at shared storage);
-- Ray's token auth: the client side is switched to `RAY_AUTH_MODE=token` when a token is available.
+- `tracking.dir` and `output_dir` default to absolute paths on the submitting machine (right for a local or
+  shared-filesystem cluster; on a remote cluster point `tracking.uri` at an MLflow server and `output_dir` at
+  shared storage);
+- Ray's token auth (on by default for `ray start` in Ray 2.60): the client switches to `RAY_AUTH_MODE=token`
+  when a token is available (~/.ray/auth_token or RAY_AUTH_TOKEN);
+- a head node whose job agent is still starting ("No available agent") is retried for up to a minute.
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
-import subprocess
 import sys
+import time
 from typing import List, Optional
 from urllib.parse import urlparse
 
 EXCLUDES = [".git", ".venv", "venv", "mlruns", "outputs", "runs", ".cache", "checkpoints", "__pycache__", "*.pyc",
             ".pytest_cache", "scratch"]
+TRACKED = ("grpo", "editor-sft", "rrm-sft", "rrm-gcpo", "edit-r1", "eval-editor", "eval-rrm", "principles")
 
 
 def runtime_env(working_dir: str = ".", extra_env: Optional[dict] = None) -> dict:
@@ -35,35 +40,69 @@ def _has_key(args: List[str], key: str) -> bool:
     return any(a.startswith(key + "=") for a in args)
 
 
-def build_command(args: List[str], address: str, wait: bool = True, python: Optional[str] = None) -> List[str]:
+def job_args(args: List[str]) -> List[str]:
+    """The pipeline arguments, with absolute tracking/output locations added when not given."""
     if args and args[0] == "--":
         args = args[1:]
     if not args:
-        raise SystemExit("edit-rlhf submit: give the pipeline after '--', e.g. -- grpo --config configs/sandbox_tiny.yaml")
+        raise SystemExit("edit-rlhf submit: give the command after '--', e.g. -- grpo --config configs/sandbox_tiny.yaml")
     args = list(args)
-    if args[0] in ("grpo",):  # pipelines that track and write outputs
+    if args[0] in TRACKED:
         if not _has_key(args, "tracking.dir") and not _has_key(args, "tracking.uri"):
             args.append(f"tracking.dir={os.path.abspath('mlruns')}")
         if not _has_key(args, "output_dir"):
             args.append(f"output_dir={os.path.abspath(os.path.join('outputs', args[0]))}")
+    return args
+
+
+def entrypoint(args: List[str], address: str, python: Optional[str] = None) -> str:
     py = python or (sys.executable if _is_local(address) else "python")
+    return shlex.join([py, "-m", "edit_rlhf"] + job_args(args))
+
+
+def cli_equivalent(args: List[str], address: str, wait: bool = True, python: Optional[str] = None) -> str:
     cmd = ["ray", "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env())]
     if not wait:
         cmd.append("--no-wait")
-    return cmd + ["--", py, "-m", "edit_rlhf"] + args
+    return " ".join(shlex.quote(c) for c in cmd) + " -- " + entrypoint(args, address, python)
+
+
+def _auth_env() -> None:
+    token_file = os.path.expanduser("~/.ray/auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def submit(args: List[str], address: str, wait: bool = True, dry_run: bool = False,
-           python: Optional[str] = None) -> int:
-    cmd = build_command(args, address, wait, python)
-    env = dict(os.environ)
-    token_file = os.path.expanduser("~/.ray/auth_token")
-    if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
-        env["RAY_AUTH_MODE"] = "token"
+           python: Optional[str] = None, agent_wait_s: float = 60.0) -> int:
     if dry_run:
-        print(" ".join(shlex.quote(c) for c in cmd))
+        print(cli_equivalent(args, address, wait, python))
         return 0
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    if os.path.exists(ray_bin):
-        cmd[0] = ray_bin
-    return subprocess.call(cmd, env=env)
+    _auth_env()
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    ep = entrypoint(args, address, python)
+    client = JobSubmissionClient(address)
+    deadline = time.time() + agent_wait_s
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=ep, runtime_env=runtime_env())
+            break
+        except RuntimeError as e:
+            if "No available agent" in str(e) and time.time() < deadline:
+                time.sleep(2)  # the head's job agent registers a little after `ray start` returns
+                continue
+            raise
+    print(f"submitted {job_id}: {ep}", flush=True)
+    if not wait:
+        return 0
+    import asyncio
+
+    async def follow():
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1

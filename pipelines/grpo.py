@@ -9,6 +9,7 @@ store between the pools. `resume` continues a run from its latest checkpoint, in
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -394,6 +395,8 @@ class GRPOTrainer:
             summary = self.summary(time.time() - t0, last_dir)
             summary["placement"] = self.placement()
             self.tracker.log_dict(summary, "summary.json")
+            with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2, default=str)
             return summary
         finally:
             self.shutdown(status)
