@@ -17,15 +17,28 @@ class RewardWorker:
         from edit_rlhf.rewards import build_scorer
 
         self.worker_id = worker_id
-        self.scorer = build_scorer(reward_cfg)
+        self.scorer = build_scorer(reward_cfg, threads=torch_threads)
         self.data = {k: EditPromptDataset(p, validate="schema") for k, p in datasets.items()}
         self.cols = ["id", "instruction", "principles", "source_image"] + list(self.scorer.columns)
         self.has_oracle = {k: "oracle" in d.ds.column_names for k, d in self.data.items()}
         self.served = 0
 
     def info(self) -> dict:
-        return {"worker": self.worker_id, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "scorer": self.scorer.name, "served": self.served}
+        out = {"worker": self.worker_id, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+               "scorer": self.scorer.name, "served": self.served}
+        if hasattr(self.scorer, "info"):
+            out["scorer_info"] = self.scorer.info()
+        return out
+
+    def call(self, method: str, *args, **kwargs):
+        """scorer.method(*args) - e.g. `load_weights` (RRM weight sync) or `generate` (raw engine output)."""
+        return getattr(self.scorer, method)(*args, **kwargs)
+
+    def shutdown(self) -> None:
+        """Release the scorer's engine (a vLLM engine holds its KV cache until then)."""
+        close = getattr(self.scorer, "close", None)
+        if close is not None:
+            close()
 
     def score(self, split: str, index: int, images) -> dict:
         """images: uint8 (G, H, W, 3) (resolved from the rollout's object ref).

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
+    _pipeline_parser(sub, "principles", "add evaluation principles to an edit-prompt dataset (sandbox oracle "
+                     "or a VLM on vLLM workers)")
+    _pipeline_parser(sub, "editor-sft", "supervised flow-matching fine-tuning of a FLUX.1-Kontext editor on "
+                     "(source, instruction, target) triples (full or LoRA, DeepSpeed ranks on Ray)")
     p = sub.add_parser("make-tiny-models", help="build tiny random Kontext editor + Qwen2.5-VL RRM (offline)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
@@ -38,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scale", help="resize a running run's rollout/reward pools at its next step")
     p.add_argument("output_dir", help="the run's output_dir")
     p.add_argument("sizes", nargs="+", help="pool=size, e.g. rollout=4 reward=2")
+    pt = ss.add_parser("pretrain", help="train the sandbox base models (tiny VAE + Kontext editor, tiny Qwen2.5-VL)")
+    pt.add_argument("out", nargs="?", default="models/sandbox", help="output folder (default models/sandbox)")
+    pt.add_argument("--config", "-c", default=None, help="YAML config (default configs/sandbox_pretrain.yaml)")
+    pt.add_argument("overrides", nargs="*", help="dotted overrides, e.g. editor.steps=500 parts=[vlm]")
+    pt.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster as a job (wraps `ray job submit`)")
     p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following logs")
@@ -77,6 +86,18 @@ def _dispatch(args) -> int:
 
         run_grpo(cfg, quiet=args.quiet)
         return 0
+    if args.command == "principles":
+        from edit_rlhf.config import to_yaml
+        from edit_rlhf.config.principles import PrinciplesConfig
+
+        cfg = _load(PrinciplesConfig, args)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        from edit_rlhf.pipelines.principles import run_principles
+
+        run_principles(cfg, quiet=args.quiet)
+        return 0
     if args.command == "make-tiny-models":
         from edit_rlhf.runtime import setup_process
 
@@ -108,6 +129,24 @@ def _dispatch(args) -> int:
         except ValueError as e:
             print(f"edit-rlhf scale: error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if args.command == "editor-sft":
+        from edit_rlhf.config import to_yaml
+        from edit_rlhf.config.sft import EditorSFTConfig
+
+        cfg = _load(EditorSFTConfig, args)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        from edit_rlhf.pipelines.editor_sft import run_editor_sft
+
+        run_editor_sft(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "sandbox" and args.sandbox_command == "pretrain":
+        from edit_rlhf.pipelines.sandbox_pretrain import default_config_path, run_pretrain
+
+        run_pretrain(args.out, args.config or default_config_path(), args.overrides, quiet=args.quiet,
+                     argv=sys.argv)
         return 0
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit

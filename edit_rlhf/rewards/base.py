@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Protocol, Sequence
+from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -33,8 +33,12 @@ class Scorer(Protocol):
         """row: a decoded dataset row; images: uint8 (G, H, W, 3) edits of that row's source."""
 
 
-def build_scorer(cfg) -> Scorer:
-    """Scorer named by `cfg.scorer` (a RewardConfig)."""
+def build_scorer(cfg, threads: Optional[int] = None) -> Scorer:
+    """Scorer named by `cfg.scorer` (a RewardConfig); `threads`: CPU threads a model-based scorer may use."""
+    if cfg.scorer == "rrm":
+        from edit_rlhf.rewards.rrm import RRMScorer
+
+        return RRMScorer(cfg.rrm, threads=threads)
     if cfg.scorer == "similarity":
         from edit_rlhf.rewards.similarity import SimilarityScorer
 

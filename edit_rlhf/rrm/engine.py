@@ -1,0 +1,103 @@
+"""Generation backends for Qwen2.5-VL models (the RRM, the principle generator): one request/response shape
+for vLLM (`vllm_engine.VLLMEngine`) and transformers (`hf_engine.HFEngine`).
+
+A request is a rendered prompt (chat template applied, one `<|image_pad|>` placeholder per image) and its
+images; sample j of a request uses seed `request.seed + j`, so outputs depend on the request, not on the
+batch it travels in. Both backends suppress the vision/special tokens that can never appear in an answer
+(a sampled `<|image_pad|>` breaks the re-scoring forward pass: reference/derisk_rrm.md) and report the
+log-prob of each sampled token under the *raw* model distribution (before temperature and suppression).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+# Never part of an answer: vision placeholders and chat-structure tokens (<|im_end|> is EOS and stays allowed).
+SUPPRESSED_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                     "<|im_start|>", "<|endoftext|>")
+
+
+@dataclass
+class GenRequest:
+    prompt: str
+    images: Sequence[Any] = ()  # uint8 (H, W, 3) arrays or PIL images, in placeholder order
+    seed: int = 0  # sample j uses seed + j
+
+
+@dataclass
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_tokens: int = 512
+    logprobs: bool = False
+
+    @classmethod
+    def from_config(cls, cfg, logprobs: bool = False) -> "SamplingSpec":
+        return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                   max_tokens=cfg.max_tokens, logprobs=logprobs)
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: List[int] = field(default_factory=list)  # generated ids (EOS included when generation stopped on it)
+    logprobs: Optional[List[float]] = None  # raw-distribution log-prob of each generated token
+    finish_reason: str = ""  # stop | length | timeout
+
+
+def suppressed_token_ids(tokenizer) -> List[int]:
+    """Ids of SUPPRESSED_TOKENS that exist in this tokenizer's vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return sorted({vocab[t] for t in SUPPRESSED_TOKENS if t in vocab})
+
+
+def sample_seed(*keys: Any) -> int:
+    """A 31-bit seed from (run seed, prompt id, edit index, ...): strings are hashed stably (not `hash()`)."""
+    import zlib
+
+    ints = [k if isinstance(k, int) else zlib.crc32(str(k).encode()) for k in keys]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0] & 0x3FFFFFFF)
+
+
+def to_pil(image):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {a.dtype} {a.shape}")
+    return Image.fromarray(a)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(name: str) -> str:
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if name == "vllm" and not vllm_available():
+        raise RuntimeError("backend 'vllm' requested but vllm is not installed; use backend=hf (or auto)")
+    if name not in ("vllm", "hf"):
+        raise ValueError(f"backend must be vllm | hf | auto, got {name!r}")
+    return name
+
+
+def build_engine(cfg, threads: Optional[int] = None, seed: int = 0):
+    """The engine of a `VLMEngineConfig` (path + backend + backend settings)."""
+    if not cfg.path:
+        raise ValueError("engine: no model path given")
+    backend = resolve_backend(cfg.backend)
+    if backend == "vllm":
+        from edit_rlhf.rrm.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg.path, cfg.vllm, threads=threads, seed=seed)
+    from edit_rlhf.rrm.hf_engine import HFEngine
+
+    return HFEngine(cfg.path, cfg.hf)

@@ -1,0 +1,129 @@
+"""A transformers engine for Qwen2.5-VL loaded by path: the same requests and outputs as `VLLMEngine`, plus
+teacher-forced token log-probs (what a learner optimises). Also the fallback where vLLM is not installed.
+
+Batches are left-padded (Qwen2.5-VL's multimodal RoPE positions follow the attention mask). Sampled
+batches seed torch's global generator from the batch's request seeds, so a batch is reproducible; unlike
+vLLM, a request's samples then depend on the batch it is in (greedy outputs do not).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, suppressed_token_ids, to_pil
+from edit_rlhf.runtime import resolve_device, resolve_dtype
+
+
+class HFEngine:
+    backend = "hf"
+
+    def __init__(self, path: str, cfg):
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        t = time.time()
+        self.cfg = cfg
+        self.path = path
+        self.device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype) if cfg.dtype != "auto" else "auto"
+        kw = {"dtype": dtype}
+        if cfg.attn_implementation:
+            kw["attn_implementation"] = cfg.attn_implementation
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kw).to(self.device).eval()
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor.tokenizer.padding_side = "left"
+        self.tokenizer = self.processor.tokenizer
+        self.suppress = suppressed_token_ids(self.tokenizer)
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.start_seconds = time.time() - t
+        self.version = 0
+
+    # ------------------------------------------------------------------ inputs
+    def inputs(self, requests: Sequence[GenRequest]):
+        """Processor outputs (left-padded batch) for the requests' prompts and images."""
+        images = [to_pil(im) for r in requests for im in r.images]
+        enc = self.processor(text=[r.prompt for r in requests], images=images or None, padding=True,
+                             return_tensors="pt")
+        return enc.to(self.device)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenRequest], spec: SamplingSpec,
+                 timeout_s: Optional[float] = None) -> List[List[Completion]]:
+        """Per request, spec.n Completions. `timeout_s` is checked between batches (HF generate cannot be
+        interrupted): requests not started by the deadline come back as finish_reason='timeout'."""
+        out: List[List[Completion]] = []
+        deadline = time.time() + timeout_s if timeout_s else None
+        bs = max(1, self.cfg.batch_size)
+        for s in range(0, len(requests), bs):
+            batch = list(requests[s:s + bs])
+            if deadline is not None and time.time() > deadline:
+                out += [[Completion("", finish_reason="timeout") for _ in range(spec.n)] for _ in batch]
+                continue
+            out += self._generate_batch(batch, spec)
+        return out
+
+    def _generate_batch(self, batch: List[GenRequest], spec: SamplingSpec) -> List[List[Completion]]:
+        enc = self.inputs(batch)
+        sample = spec.temperature > 0
+        if sample:
+            torch.manual_seed(int(sum(r.seed * 7919 + k for k, r in enumerate(batch)) % (2 ** 31)))
+        kw = dict(max_new_tokens=spec.max_tokens, do_sample=sample, num_return_sequences=spec.n,
+                  suppress_tokens=self.suppress or None, return_dict_in_generate=True, output_logits=spec.logprobs,
+                  pad_token_id=self.tokenizer.pad_token_id)
+        if sample:
+            kw.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
+        else:  # greedy: override sampling defaults a checkpoint's generation_config may carry
+            kw.update(temperature=None, top_p=None, top_k=None)
+        res = self.model.generate(**enc, **kw)
+        prompt_len = enc["input_ids"].shape[1]
+        gen = res.sequences[:, prompt_len:]
+        lps = None
+        if spec.logprobs:
+            logits = torch.stack(res.logits, dim=1).float()  # (B*n, T, V) raw
+            lps = torch.log_softmax(logits, -1).gather(-1, gen[:, :logits.shape[1], None])[..., 0]
+        out: List[List[Completion]] = []
+        for i in range(len(batch)):
+            row = []
+            for j in range(spec.n):
+                k = i * spec.n + j
+                ids = gen[k].tolist()
+                finish = "length"
+                for t, tid in enumerate(ids):
+                    if tid in self.eos:
+                        ids, finish = ids[:t + 1], "stop"
+                        break
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                row.append(Completion(text=text, token_ids=ids, finish_reason=finish,
+                                      logprobs=lps[k, :len(ids)].tolist() if lps is not None else None))
+            out.append(row)
+        return out
+
+    # ------------------------------------------------------------------ scoring given tokens
+    def token_logprobs(self, request: GenRequest, completion_ids: Sequence[int], grad: bool = False) -> torch.Tensor:
+        """Teacher-forced log-probs (T,) of `completion_ids` after the request's prompt (raw distribution)."""
+        enc = self.inputs([request])
+        comp = torch.tensor([list(completion_ids)], dtype=enc["input_ids"].dtype, device=self.device)
+        p = enc["input_ids"].shape[1]
+        enc["input_ids"] = torch.cat([enc["input_ids"], comp], 1)
+        enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(comp)], 1)
+        if "mm_token_type_ids" in enc:  # required by transformers 5.x with images; generated tokens are text
+            enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(comp)], 1)
+        with torch.set_grad_enabled(grad):
+            logits = self.model(**enc).logits[0, p - 1:-1].float()
+            return torch.log_softmax(logits, -1).gather(-1, comp[0, :, None])[:, 0]
+
+    # ------------------------------------------------------------------ weight sync
+    def load_weights(self, named_tensors: Iterable[Tuple[str, Any]]) -> int:
+        sd = {k: v for k, v in named_tensors}
+        missing = [k for k in sd if k not in self.model.state_dict()]
+        if missing:
+            raise KeyError(f"load_weights: unknown parameter names {missing[:5]} (of {len(missing)})")
+        self.model.load_state_dict(sd, strict=False)
+        self.version += 1
+        return self.version
+
+    def close(self) -> None:
+        self.model = None
