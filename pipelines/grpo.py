@@ -37,7 +37,7 @@ def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, 
             for k, v in (d or {}).items():
                 if isinstance(v, (bool, int, float)):
                     vals.setdefault(k, []).append(float(v))
-    out = {f"{prefix}/{k}": float(np.nanmean(v)) for k, v in vals.items() if v}
+    out = {f"{prefix}/{k}": float(np.nanmean(v)) for k, v in vals.items() if not np.all(np.isnan(v))}
     if "parse_ok" in vals:
         out["reward/parse_failure_rate"] = 1.0 - float(np.mean(vals["parse_ok"]))
     return out
@@ -70,6 +70,8 @@ def absolutize(cfg) -> None:
         cfg.data.eval = os.path.abspath(cfg.data.eval)
     cfg.output_dir = os.path.abspath(cfg.output_dir)
     cfg.tracking.dir = os.path.abspath(cfg.tracking.dir)
+    if cfg.reward.rrm.path:
+        cfg.reward.rrm.path = os.path.abspath(cfg.reward.rrm.path)
 
 
 class GRPOTrainer:

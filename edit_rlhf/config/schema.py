@@ -217,6 +217,10 @@ class RewardConfig(PoolConfig):
         _choice("scorer", self.scorer, {"similarity", "oracle", "rrm"})
         if self.scorer == "rrm":
             self.rrm.require_path()
+            tp = self.rrm.vllm.tensor_parallel_size
+            if self.rrm.backend == "vllm" and self.num_gpus and self.num_gpus != tp:
+                raise ValueError(f"num_gpus: a vLLM reward actor needs one GPU per tensor-parallel rank "
+                                 f"(rrm.vllm.tensor_parallel_size={tp}), got num_gpus={self.num_gpus}")
         _positive("timeout_s", self.timeout_s)
         _positive("max_retries", self.max_retries, strict=False)
 
