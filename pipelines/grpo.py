@@ -81,6 +81,9 @@ class GRPOTrainer:
         self.history: List[Dict[str, float]] = []
         self.eval_history: List[Dict[str, float]] = []
         self.start_step = 1
+        from edit_rlhf.grpo.monitor import HackingMonitor
+
+        self.monitor = HackingMonitor(cfg.monitor.window, cfg.monitor.threshold)
         self.counters = {"prompts_consumed": 0, "samples_trained": 0, "generate_retries": 0, "score_retries": 0,
                          "score_failures": 0, "stale_generations": 0, "actor_resyncs": 0}
 
@@ -140,6 +143,8 @@ class GRPOTrainer:
         self.learner.broadcast("load_checkpoint", os.path.join(step_dir, "learner"))
         self.sampler.load(state["sampler"])
         self.counters.update(state.get("counters", {}))
+        if state.get("monitor"):
+            self.monitor.load(state["monitor"])
         self.start_step = int(state["step"]) + 1
         np.random.set_state(tuple(state["numpy_rng"]) if isinstance(state["numpy_rng"], list) else state["numpy_rng"])
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python_rng"]))
@@ -231,11 +236,29 @@ class GRPOTrainer:
             self.counters[k] += getattr(st, k.replace("generate_", "gen_"))
         m = self._step_metrics(jobs, rewards, adv, lm, st, step_s, t_sync - t_learn, sync_s)
         m.update(pool_m)
+        m.update(self._monitor(step, jobs, rewards))
         if step % cfg.tracking.log_images_every == 0 or step == cfg.steps:
             self._log_grid(step, jobs)
         self.tracker.log_metrics(m, step)
         m["step"] = step
         self.history.append(m)
+        return m
+
+    def _monitor(self, step: int, jobs: List[Job], rewards: np.ndarray) -> Dict[str, float]:
+        """Reward vs the independent judge (the sandbox oracle): correlation, trend divergence, warning."""
+        if self.cfg.monitor.judge == "none":
+            return {}
+        judge = [j.score.get("oracle_scores") for j in jobs]
+        if any(o is None for o in judge):
+            if self.cfg.monitor.judge == "oracle":
+                raise ValueError("monitor.judge=oracle: the dataset has no oracle records (use auto or none)")
+            return {}
+        m = self.monitor.update(rewards.reshape(-1), np.asarray(judge, dtype=np.float64).reshape(-1))
+        if m.get("monitor/warning"):
+            msg = (f"reward-hacking warning at step {step}: the reward rose {m['monitor/divergence']:.2f} baseline "
+                   f"std more than the judge (threshold {self.cfg.monitor.threshold})")
+            print(f"[monitor] {msg}", flush=True)
+            self.tracker.set_tags({f"warning_step_{step}": msg})
         return m
 
     def _learner_failure(self, step: int, err: Exception) -> str:
@@ -360,7 +383,7 @@ class GRPOTrainer:
         ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
         np_state = np.random.get_state()
         state = {"step": step, "policy_version": self.version, "rrm_version": None,
-                 "sampler": self.sampler.state(), "counters": dict(self.counters),
+                 "sampler": self.sampler.state(), "counters": dict(self.counters), "monitor": self.monitor.state(),
                  "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                  "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
                  "config": to_dict(self.cfg), "time": time.time()}
@@ -439,6 +462,7 @@ class GRPOTrainer:
             if "reward/oracle_score" in h[0]:
                 s["oracle_first20"] = float(np.mean([m["reward/oracle_score"] for m in h[:k]]))
                 s["oracle_last20"] = float(np.mean([m["reward/oracle_score"] for m in h[-k:]]))
+        s["hacking_warnings"] = self.monitor.warnings
         if self.eval_history:
             s["eval_first"] = self.eval_history[0]
             s["eval_last"] = self.eval_history[-1]

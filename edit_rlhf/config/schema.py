@@ -257,6 +257,19 @@ class TrackingConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Reward-hacking monitor: the reward beside an independent judge of the same edits (edit_rlhf.grpo.monitor)."""
+
+    judge: str = "auto"  # auto: the sandbox oracle when the data has oracle records; none: off
+    window: int = 5  # steps per baseline / recent window of the trend divergence
+    threshold: float = 1.0  # warn when the reward's gain exceeds the judge's by this many baseline std
+
+    def check(self) -> None:
+        _choice("judge", self.judge, {"auto", "oracle", "none"})
+        _positive("window", self.window)
+
+
+@dataclass
 class PrepareConfig:
     """Build missing embedded-default inputs (tiny models, sandbox data) before the run starts."""
 
@@ -288,6 +301,7 @@ class GRPOConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def check(self) -> None:
         _positive("steps", self.steps)

@@ -1,0 +1,89 @@
+"""Reward-hacking monitor: the training reward beside an independent judge of the same edits.
+
+Reward hacking shows as the reward rising while an independent judge (the sandbox oracle; a quality judge on
+real data) stays flat or falls. Per step the monitor logs the across-sample correlation of reward and judge,
+and a trend divergence over a sliding window:
+
+    divergence = (mean_r(last W) - mean_r(first W)) / sd_r(first W) - (mean_j(last W) - mean_j(first W)) / sd_j(first W)
+
+i.e. how many baseline standard deviations the reward improved beyond the judge. A warning is raised when it
+crosses `threshold` (once per crossing).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """Correlation over pairs where both are finite; NaN when fewer than 3 pairs or no variance."""
+    x = np.asarray(a, float)
+    y = np.asarray(b, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3 or x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+@dataclass
+class HackingMonitor:
+    window: int = 5
+    threshold: float = 1.0
+    steps: int = 0
+    base_r: List[List[float]] = field(default_factory=list)  # per-sample values of the first `window` steps
+    base_j: List[List[float]] = field(default_factory=list)
+    recent_r: List[List[float]] = field(default_factory=list)  # ... and of the last `window` steps
+    recent_j: List[List[float]] = field(default_factory=list)
+    warned: bool = False
+    warnings: int = 0
+
+    def update(self, rewards: Sequence[float], judge: Sequence[float]) -> Dict[str, float]:
+        """Add one step's per-sample rewards and judge scores; returns the monitor metrics (and
+        'monitor/warning' = 1.0 on the step a crossing happens)."""
+        r, j = [float(v) for v in rewards], [float(v) for v in judge]
+        self.steps += 1
+        if len(self.base_r) < self.window:
+            self.base_r.append(r)
+            self.base_j.append(j)
+        self.recent_r = (self.recent_r + [r])[-self.window:]
+        self.recent_j = (self.recent_j + [j])[-self.window:]
+        m: Dict[str, float] = {"monitor/reward_judge_corr": pearson(r, j)}
+        div = self.divergence()
+        if div is not None:
+            m["monitor/divergence"] = div
+            crossing = div > self.threshold
+            m["monitor/warning"] = float(crossing and not self.warned)
+            if crossing and not self.warned:
+                self.warnings += 1
+            self.warned = crossing
+        return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+
+    def divergence(self) -> Optional[float]:
+        if self.steps < 2 * self.window:
+            return None
+
+        def trend(base: List[List[float]], last: List[List[float]]) -> Optional[float]:
+            b = np.asarray([v for s in base for v in s], float)
+            l_ = np.asarray([v for s in last for v in s], float)
+            b, l_ = b[np.isfinite(b)], l_[np.isfinite(l_)]
+            if b.size < 2 or l_.size == 0:
+                return None
+            sd = b.std()
+            return float((l_.mean() - b.mean()) / (sd if sd > 0 else 1.0))
+
+        tr, tj = trend(self.base_r, self.recent_r), trend(self.base_j, self.recent_j)
+        if tr is None or tj is None:
+            return None
+        return tr - tj
+
+    def state(self) -> Dict:
+        return {k: getattr(self, k) for k in ("steps", "base_r", "base_j", "recent_r", "recent_j", "warned",
+                                               "warnings")}
+
+    def load(self, st: Dict) -> None:
+        for k, v in st.items():
+            setattr(self, k, v)
