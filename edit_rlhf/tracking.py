@@ -66,6 +66,15 @@ class Tracker:
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
         self.experiment_id = exp_id
 
+    @classmethod
+    def from_config(cls, tcfg, run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None,
+                    default_name: Optional[str] = None) -> "Tracker":
+        """A run for a TrackingConfig; nested under `tcfg.parent_run_id` when set (MLflow's parent tag)."""
+        tags = dict(tags or {})
+        if getattr(tcfg, "parent_run_id", None):
+            tags["mlflow.parentRunId"] = tcfg.parent_run_id
+        return cls(tcfg.dir, tcfg.experiment, tcfg.uri, tcfg.run_name or default_name, run_id=run_id, tags=tags)
+
     def log_params(self, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 

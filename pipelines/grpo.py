@@ -113,9 +113,8 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.train_ds), cfg.seed)
         self.started_ray = not ray.is_initialized()
         self.ray_info = init_ray(cfg.cluster)
-        self.tracker = Tracker(cfg.tracking.dir, cfg.tracking.experiment, cfg.tracking.uri, cfg.tracking.run_name,
-                               run_id=state["mlflow_run_id"] if state else None,
-                               tags={"pipeline": "grpo", "editor": cfg.editor.path})
+        self.tracker = Tracker.from_config(cfg.tracking, run_id=state["mlflow_run_id"] if state else None,
+                                           tags={"pipeline": "grpo", "editor": cfg.editor.path})
         if state is None:
             self.tracker.log_params(flatten(to_dict(cfg)))
             self.tracker.log_dict(to_dict(cfg), "config.json")

@@ -250,6 +250,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_images_every: int = 5  # steps between sample-grid artifacts
     grid_groups: int = 2  # groups shown per grid
+    parent_run_id: Optional[str] = None  # nest this run under another (the edit-r1 pipeline's parent run)
 
     def check(self) -> None:
         _positive("log_images_every", self.log_images_every)
