@@ -28,6 +28,10 @@ class EditorRolloutWorker:
     def evaluate(self, split: str, indices, seeds, source_from=None, instruction_from=None):
         return self.core.evaluate(split, indices, seeds, source_from, instruction_from)
 
+    def use_lora_dir(self, path=None) -> str:
+        """Evaluation: a trained LoRA folder (diffusers format) or, with None, the actor's own adapter."""
+        return self.core.use_lora_dir(path)
+
     def set_lora(self, snapshot: dict) -> int:
         """`snapshot` ({'state', 'version'}) arrives resolved from the learner's object ref."""
         return self.core.set_lora(snapshot["state"], snapshot["version"])

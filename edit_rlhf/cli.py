@@ -31,6 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
                      "or a VLM on vLLM workers)")
     _pipeline_parser(sub, "editor-sft", "supervised flow-matching fine-tuning of a FLUX.1-Kontext editor on "
                      "(source, instruction, target) triples (full or LoRA, DeepSpeed ranks on Ray)")
+    _pipeline_parser(sub, "rrm-traces", "T+V trace selection: candidate RRM traces per edit -> the SFT dataset")
+    _pipeline_parser(sub, "rrm-sft", "cold-start SFT of the Edit-RRM (Qwen2.5-VL) on selected traces (DeepSpeed "
+                     "ranks on Ray)")
+    _pipeline_parser(sub, "rrm-gcpo", "GCPO of the Edit-RRM on preference pairs (vLLM rollouts, DeepSpeed learner)")
+    _pipeline_parser(sub, "eval-rrm", "pairwise accuracy of an RRM on preference pairs or EditReward-Bench")
+    _pipeline_parser(sub, "eval-editor", "evaluate editors (base and trained LoRAs, same seeds and judge): GEdit-Bench "
+                     "protocol SC/PQ/O with a VLM judge, the RRM score and, on the sandbox, the oracle score")
+    p = sub.add_parser("report", help="HTML report (learning curves, image grids, result tables) of MLflow runs")
+    p.add_argument("--run-id", action="append", required=True, help="MLflow run id (repeatable; child runs included)")
+    p.add_argument("--tracking-dir", default="mlruns", help="embedded sqlite store folder (default mlruns)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides --tracking-dir)")
+    p.add_argument("--out", default=None, help="output folder (default outputs/reports/<first run id>)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--link-images", action="store_true", help="PNG files beside the HTML instead of embedded base64")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the (first) run's MLflow artifacts")
     p = sub.add_parser("make-tiny-models", help="build tiny random Kontext editor + Qwen2.5-VL RRM (offline)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +89,38 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
+# Edit-RRM training commands: (config class in edit_rlhf.config.rrm_train, runner "module:function").
+RRM_COMMANDS = {
+    "rrm-traces": ("RRMTraceSelectConfig", "edit_rlhf.rrm_train.selection:run_selection"),
+    "rrm-sft": ("RRMSFTConfig", "edit_rlhf.pipelines.rrm_sft:run_rrm_sft"),
+    "rrm-gcpo": ("RRMGCPOConfig", "edit_rlhf.pipelines.rrm_gcpo:run_rrm_gcpo"),
+    "eval-rrm": ("RRMEvalConfig", "edit_rlhf.pipelines.eval_rrm:run_eval_rrm"),
+}
+
+
+def _rrm_command(args) -> int:
+    import importlib
+
+    from edit_rlhf.config import to_yaml
+    from edit_rlhf.config import rrm_train
+
+    schema_name, runner = RRM_COMMANDS[args.command]
+    schema = getattr(rrm_train, schema_name)
+    if args.resume and "resume" not in schema.__dataclass_fields__:
+        print(f"edit-rlhf {args.command}: error: --resume is not supported by this command", file=sys.stderr)
+        return 2
+    cfg = _load(schema, args)
+    if args.print_config:
+        print(to_yaml(cfg))
+        return 0
+    from edit_rlhf.runtime import setup_process
+
+    setup_process(getattr(getattr(cfg, "cluster", None), "torch_threads", 1))
+    mod, _, fn = runner.partition(":")
+    getattr(importlib.import_module(mod), fn)(cfg, quiet=args.quiet)
+    return 0
+
+
 def _dispatch(args) -> int:
     if args.command == "grpo":
         from edit_rlhf.config import GRPOConfig, to_yaml
@@ -97,6 +144,33 @@ def _dispatch(args) -> int:
         from edit_rlhf.pipelines.principles import run_principles
 
         run_principles(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "eval-editor":
+        from edit_rlhf.config import to_yaml
+        from edit_rlhf.config.evaluation import EvalEditorConfig
+
+        cfg = _load(EvalEditorConfig, args)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        from edit_rlhf.pipelines.eval_editor import run_eval_editor
+
+        run_eval_editor(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "report":
+        from edit_rlhf.report import build_report
+        from edit_rlhf.report.mlflow_source import RunNotFound
+
+        try:
+            out = args.out or os.path.join("outputs", "reports", args.run_id[0])
+            info = build_report(args.run_id, out, title=args.title,
+                                tracking_uri=args.tracking_uri, tracking_dir=args.tracking_dir,
+                                embed=not args.link_images, log_to_run=None if args.no_log else args.run_id[0])
+        except RunNotFound as e:
+            print(f"edit-rlhf report: error: {e}", file=sys.stderr)
+            return 2
+        print(f"report: {info['path']} ({info['bytes'] / 1024:.0f} KiB, {info['images']} images"
+              + (f"; logged to MLflow run {info['logged_to']}" if info["logged_to"] else "") + ")")
         return 0
     if args.command == "make-tiny-models":
         from edit_rlhf.runtime import setup_process
@@ -146,8 +220,10 @@ def _dispatch(args) -> int:
         from edit_rlhf.pipelines.sandbox_pretrain import default_config_path, run_pretrain
 
         run_pretrain(args.out, args.config or default_config_path(), args.overrides, quiet=args.quiet,
-                     argv=sys.argv)
+                     argv=["edit-rlhf", *sys.argv[1:]])
         return 0
+    if args.command in RRM_COMMANDS:
+        return _rrm_command(args)
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit
 

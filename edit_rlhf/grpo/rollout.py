@@ -16,7 +16,7 @@ from edit_rlhf.algorithms.sampler import sample_ode, sample_sde
 from edit_rlhf.data.prompts import EditPromptDataset
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.models.kontext import KontextEditor
-from edit_rlhf.models.lora import add_lora, set_lora_state
+from edit_rlhf.models.lora import ADAPTER, add_lora, set_lora_state
 from edit_rlhf.runtime import resolve_device, resolve_dtype
 
 
@@ -43,6 +43,22 @@ class EditorRollout:
         self.version = 0  # the initial adapter (B = 0) is policy version 0 on every process
         self.data = {name: EditPromptDataset(p, validate="schema") for name, p in datasets.items()}
         self.served = 0
+        self._lora_dirs: Dict[str, str] = {}  # LoRA folder -> adapter name (evaluation)
+        self.adapter = ADAPTER  # the active adapter (reported with each evaluation)
+
+    def use_lora_dir(self, path: Optional[str]) -> str:
+        """Evaluation: edit with a trained LoRA loaded from a diffusers LoRA folder (each folder loaded once, as
+        its own adapter), or with `path=None` with this actor's own adapter again (the base editor while it is at
+        version 0, B = 0). Returns the active adapter's name."""
+        name = ADAPTER
+        if path is not None:
+            name = self._lora_dirs.get(path) or f"eval_{len(self._lora_dirs)}"
+            if path not in self._lora_dirs:
+                self.editor.pipe.load_lora_weights(path, adapter_name=name)
+                self._lora_dirs[path] = name
+        self.editor.transformer.set_adapters([name])
+        self.adapter = name
+        return name
 
     def set_lora(self, state: Dict[str, torch.Tensor], version: int) -> int:
         set_lora_state(self.editor.transformer, state)
@@ -97,5 +113,6 @@ class EditorRollout:
         images = self.editor.decode(sample_ode(self.editor.velocity_fn(), x, cond, ts, sig))
         self.served += 1
         meta = {"prompt_ids": [self.data[split].ids[i] for i in indices], "indices": list(map(int, indices)),
-                "worker": self.worker_id, "policy_version": self.version, "seconds": time.time() - t0, "n": len(indices)}
+                "worker": self.worker_id, "policy_version": self.version, "adapter": self.adapter,
+                "seconds": time.time() - t0, "n": len(indices)}
         return meta, images
