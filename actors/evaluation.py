@@ -5,25 +5,16 @@ edits' object ref), as with the reward pool.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 import ray
 
 
-class _DropThreadNotice(logging.Filter):
-    """vLLM's CPU worker warns on every multimodal request that torch.set_num_threads is disabled (its own
-    preprocessing calls it): hundreds of identical lines per evaluation, nothing actionable."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "doesn't allow to use `torch.set_num_threads`" not in record.getMessage()
-
-
 @ray.remote
 class EvalScorerWorker:
     def __init__(self, kind: str, cfg, datasets: dict, worker_id: str, torch_threads: int = 1):
-        from edit_rlhf.runtime import setup_process
+        from edit_rlhf.runtime import quiet_vllm_worker_logs, setup_process
 
         setup_process(torch_threads)
         from edit_rlhf.data.prompts import EditPromptDataset
@@ -31,7 +22,7 @@ class EvalScorerWorker:
 
         self.worker_id = worker_id
         self.scorer = build_eval_scorer(kind, cfg, threads=torch_threads)
-        logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_DropThreadNotice())
+        quiet_vllm_worker_logs()  # after the engine exists: vLLM configures its loggers on import
         self.data = {k: EditPromptDataset(p, validate="schema") for k, p in datasets.items()}
         self.served = 0
 

@@ -10,7 +10,7 @@ import ray
 @ray.remote
 class RewardWorker:
     def __init__(self, reward_cfg, datasets: dict, worker_id: str, torch_threads: int = 1):
-        from edit_rlhf.runtime import setup_process
+        from edit_rlhf.runtime import quiet_vllm_worker_logs, setup_process
 
         setup_process(torch_threads)
         from edit_rlhf.data.prompts import EditPromptDataset
@@ -18,8 +18,9 @@ class RewardWorker:
 
         self.worker_id = worker_id
         self.scorer = build_scorer(reward_cfg, threads=torch_threads)
+        quiet_vllm_worker_logs()  # vLLM (if any) configured its loggers on import
         self.data = {k: EditPromptDataset(p, validate="schema") for k, p in datasets.items()}
-        self.cols = ["id", "instruction", "principles", "source_image"] + list(self.scorer.columns)
+        self.cols = ["id", "instruction", "source_image"] + list(self.scorer.columns)
         self.has_oracle = {k: "oracle" in d.ds.column_names for k, d in self.data.items()}
         self.served = 0
 
@@ -51,6 +52,7 @@ class RewardWorker:
         t0 = time.time()
         ds = self.data[split]
         cols = self.cols + (["oracle"] if self.has_oracle[split] and "oracle" not in self.cols else [])
+        cols += ["principles"] if "principles" in ds.ds.column_names and "principles" not in cols else []
         row = ds.row(index, [c for c in cols if c in ds.ds.column_names])
         results = self.scorer.score(row, images)
         oracle = None

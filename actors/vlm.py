@@ -12,13 +12,14 @@ import ray
 @ray.remote
 class VLMWorker:
     def __init__(self, engine_cfg, worker_id: str, torch_threads: int = 1, seed: int = 0):
-        from edit_rlhf.runtime import setup_process
+        from edit_rlhf.runtime import quiet_vllm_worker_logs, setup_process
 
         setup_process(torch_threads)
         from edit_rlhf.rrm.engine import build_engine
 
         self.worker_id = worker_id
         self.engine = build_engine(engine_cfg, threads=torch_threads, seed=seed)
+        quiet_vllm_worker_logs()  # vLLM (if any) configured its loggers on import
         self.served = 0
 
     def info(self) -> dict:

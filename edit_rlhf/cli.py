@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(schema, args):
     from edit_rlhf.config import load_config
 
-    extra = [f"resume={args.resume}"] if getattr(args, "resume", None) else []
+    from edit_rlhf.config import ConfigError
+
+    extra = []
+    if getattr(args, "resume", None):
+        if "resume" not in getattr(schema, "__dataclass_fields__", {}):
+            raise ConfigError(f"--resume: '{args.command}' has no checkpoints to resume from")
+        extra = [f"resume={args.resume}"]
     return load_config(schema, args.config, list(args.overrides) + extra)
 
 

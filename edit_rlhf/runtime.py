@@ -13,6 +13,21 @@ from typing import Optional
 _DONE = False
 
 
+class _DropVLLMThreadNotice(logging.Filter):
+    """vLLM's CPU worker warns on every multimodal request that torch.set_num_threads is disabled (its own
+    threads are set once at start-up): hundreds of identical lines per evaluation."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "doesn't allow to use `torch.set_num_threads`" not in record.getMessage()
+
+
+def quiet_vllm_worker_logs() -> None:
+    """Install the filter on vLLM's CPU-worker logger (idempotent; call again after vLLM configured logging)."""
+    lg = logging.getLogger("vllm.v1.worker.cpu_worker")
+    if not any(isinstance(f, _DropVLLMThreadNotice) for f in lg.filters):
+        lg.addFilter(_DropVLLMThreadNotice())
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -41,6 +56,7 @@ def setup_process(torch_threads: Optional[int] = 1, quiet: bool = True) -> None:
         for name in ("deepspeed", "DeepSpeed", "diffusers", "transformers", "peft", "datasets", "filelock",
                      "urllib3", "alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_vllm_worker_logs()
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft|torch)\..*")
         try:

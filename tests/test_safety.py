@@ -99,6 +99,21 @@ def test_malformed_rows_name_row_id_and_column(tiny_dataset):
         EditPromptDataset("/nonexistent/dataset")
 
 
+def test_principles_are_optional_but_validated_when_present(tiny_dataset):
+    from edit_rlhf.data.prompts import DatasetError, EditPromptDataset
+
+    make, base = tiny_dataset
+    import datasets
+
+    p = make(base)
+    ds = datasets.load_from_disk(p).remove_columns(["principles"])
+    ds.save_to_disk(p + "_np")
+    d = EditPromptDataset(p + "_np", validate="full")
+    assert "principles" not in d.row(0) and d.row(0)["instruction"] == "make the square red"
+    with pytest.raises(DatasetError, match="missing column"):
+        EditPromptDataset(p + "_np", require=["principles"])
+
+
 def test_secrets_are_redacted_from_mlflow_params(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -1,8 +1,8 @@
 """Loading and validating edit-prompt datasets (DESIGN §6).
 
-Schema: `id` (str, unique), `source_image` (image), `instruction` (str), `principles` (list of
-{question: str, category: follow|keep|quality}); optional `target_image` (image) and `oracle` (JSON str)
-for the sandbox's scorers. A dataset is a `datasets.save_to_disk` folder or a .parquet / .jsonl / .json file.
+Schema: `id` (str, unique), `source_image` (image), `instruction` (str); optional `principles` (list of
+{question: str, category: follow|keep|quality}; required by the RRM), `target_image` (image) and `oracle`
+(JSON str) for the sandbox's scorers. Optional columns that are present are validated like required ones. A dataset is a `datasets.save_to_disk` folder or a .parquet / .jsonl / .json file.
 
 Any bad row raises `DatasetError` naming the dataset, the row number, its id and the column.
 """
@@ -59,7 +59,8 @@ def _category(value: Any) -> str:
 class EditPromptDataset:
     """Random access to validated edit prompts. Images are decoded on access into uint8 (H, W, 3)."""
 
-    REQUIRED = ("id", "source_image", "instruction", "principles")
+    REQUIRED = ("id", "source_image", "instruction")
+    CHECKED = ("principles", "target_image", "oracle")  # validated whenever present
 
     def __init__(self, path: str, require: Sequence[str] = (), validate: str = "schema"):
         self.path = path
@@ -81,7 +82,7 @@ class EditPromptDataset:
         self.ids: List[str] = list(ids)
         self.instructions: List[str] = list(self.ds["instruction"])
         if validate == "full":
-            self.validate_all(needed)
+            self.validate_all(needed + [c for c in self.CHECKED if c in self.ds.column_names and c not in needed])
         elif validate != "schema":
             raise ValueError(f"validate must be 'full' or 'schema', got {validate!r}")
 
@@ -136,7 +137,7 @@ class EditPromptDataset:
         """Row i with image columns decoded to uint8 arrays and principles normalised."""
         raw = self.ds[i]
         cols = list(columns) if columns is not None else list(raw)
-        self.check_row(i, raw, [c for c in cols if c in self.REQUIRED or c in IMAGE_COLUMNS or c == "oracle"])
+        self.check_row(i, raw, [c for c in cols if c in self.REQUIRED or c in self.CHECKED or c in IMAGE_COLUMNS])
         out: Dict[str, Any] = {}
         for c in cols:
             v = raw.get(c)

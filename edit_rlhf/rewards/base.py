@@ -51,4 +51,4 @@ def build_scorer(cfg, threads: Optional[int] = None) -> Scorer:
 
 
 def scorer_columns(cfg) -> List[str]:
-    return {"similarity": ["target_image"], "oracle": ["oracle"]}.get(cfg.scorer, [])
+    return {"similarity": ["target_image"], "oracle": ["oracle"], "rrm": ["principles"]}.get(cfg.scorer, [])
