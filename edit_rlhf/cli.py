@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
+    _pipeline_parser(sub, "edit-r1", "the whole Edit-R1 recipe as stages (principles, RRM SFT, RRM GCPO, editor GRPO, "
+                     "evaluation) with one MLflow parent run")
     _pipeline_parser(sub, "principles", "add evaluation principles to an edit-prompt dataset (sandbox oracle "
                      "or a VLM on vLLM workers)")
     _pipeline_parser(sub, "editor-sft", "supervised flow-matching fine-tuning of a FLUX.1-Kontext editor on "
@@ -138,6 +140,18 @@ def _dispatch(args) -> int:
         from edit_rlhf.pipelines.grpo import run_grpo
 
         run_grpo(cfg, quiet=args.quiet)
+        return 0
+    if args.command == "edit-r1":
+        from edit_rlhf.config import to_yaml
+        from edit_rlhf.config.edit_r1 import EditR1Config
+
+        cfg = _load(EditR1Config, args)
+        if args.print_config:
+            print(to_yaml(cfg))
+            return 0
+        from edit_rlhf.pipelines.edit_r1 import run_edit_r1
+
+        run_edit_r1(cfg, args.config, quiet=args.quiet)
         return 0
     if args.command == "principles":
         from edit_rlhf.config import to_yaml

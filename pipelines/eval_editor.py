@@ -149,8 +149,8 @@ class EditorEvaluation:
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
         if self.tracker is None:
-            self.tracker = Tracker(cfg.tracking.dir, cfg.tracking.experiment, cfg.tracking.uri, cfg.tracking.run_name,
-                                   tags={"pipeline": "eval-editor", "editor": cfg.editor.path, "data": self.data_path})
+            self.tracker = Tracker.from_config(cfg.tracking, tags={"pipeline": "eval-editor", "editor": cfg.editor.path,
+                                                                   "data": self.data_path})
         self.tracker.log_params(flatten(to_dict(cfg)))
         self.tracker.log_dict(to_dict(cfg), "config.json")
         self.tracker.log_dict(self.data_info, "eval/data.json")
