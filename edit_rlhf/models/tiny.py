@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,8 +35,14 @@ class TinyEditorSpec:
     vae_blocks: Tuple[int, ...] = (8, 16, 16, 16)  # 4 blocks -> spatial factor 8, as in the real VAE
     vae_shift: float = 0.1159
     vae_scale: float = 0.3611
+    rope_axes: Optional[Tuple[int, int, int]] = None  # (condition marker, row, column) dims; None: d/4, d/4, rest
 
     def axes_dims_rope(self) -> Tuple[int, int, int]:
+        if self.rope_axes is not None:
+            if sum(self.rope_axes) != self.attention_head_dim or any(a % 2 for a in self.rope_axes):
+                raise ValueError(f"rope_axes {self.rope_axes} must be even and sum to attention_head_dim "
+                                 f"{self.attention_head_dim}")
+            return tuple(self.rope_axes)
         d = self.attention_head_dim
         return (d // 4, d // 4, d - 2 * (d // 4))
 
@@ -70,10 +76,23 @@ def _count(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def build_tiny_vae(spec: TinyEditorSpec = TinyEditorSpec()):
+    """The tiny AutoencoderKL of `spec` (random weights): len(vae_blocks) - 1 downsamplings, so 4 blocks give
+    the real VAE's x8 and 3 blocks x4. Used by the editor factory and by the sandbox VAE pre-training."""
+    from diffusers import AutoencoderKL
+
+    nb = len(spec.vae_blocks)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
+                         down_block_types=["DownEncoderBlock2D"] * nb, up_block_types=["UpDecoderBlock2D"] * nb,
+                         block_out_channels=tuple(spec.vae_blocks), layers_per_block=1, norm_num_groups=4,
+                         use_quant_conv=False, use_post_quant_conv=False,
+                         shift_factor=spec.vae_shift, scaling_factor=spec.vae_scale)
+
+
 def build_tiny_kontext(out_dir: str, words: Sequence[str] = (), seed: int = 0,
                        spec: TinyEditorSpec = TinyEditorSpec()) -> Dict[str, int]:
     """Build and save a tiny random FluxKontextPipeline at `out_dir`; returns parameter counts."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -86,12 +105,7 @@ def build_tiny_kontext(out_dir: str, words: Sequence[str] = (), seed: int = 0,
         pad_token_id=tok.pad_token_id, max_position_embeddings=77))
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=d, d_kv=d // 4, d_ff=2 * d, num_layers=2,
                                  num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-    nb = len(spec.vae_blocks)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
-                        down_block_types=["DownEncoderBlock2D"] * nb, up_block_types=["UpDecoderBlock2D"] * nb,
-                        block_out_channels=tuple(spec.vae_blocks), layers_per_block=1, norm_num_groups=4,
-                        use_quant_conv=False, use_post_quant_conv=False,
-                        shift_factor=spec.vae_shift, scaling_factor=spec.vae_scale)
+    vae = build_tiny_vae(spec)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4 * spec.latent_channels, num_layers=spec.num_layers,
         num_single_layers=spec.num_single_layers, attention_head_dim=spec.attention_head_dim,

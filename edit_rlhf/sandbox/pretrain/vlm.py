@@ -1,0 +1,72 @@
+"""The sandbox VLM: a tiny Qwen2.5-VL (factory architecture and processor) pre-trained to describe sandbox
+scenes from one or two images, with the general VLM SFT core (`edit_rlhf.vlm.sft`)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from edit_rlhf.models.tiny import TinyVLMSpec, build_tiny_qwen_vl, sandbox_words
+
+from ..scene import Scene
+from .describe import eval_sets, sample_examples, score_replies
+
+
+def vlm_spec(c) -> TinyVLMSpec:
+    return TinyVLMSpec(hidden=c.hidden, layers=c.layers, heads=c.heads, kv_heads=c.kv_heads,
+                       intermediate=c.intermediate, vision_hidden=c.vision_hidden, vision_depth=c.vision_depth,
+                       vision_heads=c.vision_heads)
+
+
+def load_vlm(path: str):
+    """(model, processor) through the standard Auto classes, as every downstream user loads them."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+
+
+def evaluate_describer(model, processor, pairs: Sequence[Tuple[Scene, Scene]], n_one: Optional[int] = None
+                       ) -> Dict[str, float]:
+    """Greedy descriptions of held-out scenes, scored per attribute against their majority baselines."""
+    from edit_rlhf.vlm.generate import generate
+
+    exs, gold = eval_sets(pairs, n_one)
+    replies = generate(model, processor, exs, max_new_tokens=48)
+    return score_replies(replies, gold)
+
+
+def train_describer(out: str, c, size: int, seed: int, eval_pairs: Sequence[Tuple[Scene, Scene]],
+                    progress: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, object]:
+    """Build the tiny Qwen2.5-VL (`c`: VLMPretrainConfig), train it on freshly sampled description
+    examples (per-step RNG from (seed, step): repeatable), save it with the factory's processor at `out`,
+    and evaluate it on `eval_pairs`. Returns params, history, wall time and the accuracy table."""
+    from edit_rlhf.vlm.sft import prepare_model, save_vlm, train_vlm
+
+    t0 = time.time()
+    tmp = tempfile.mkdtemp(prefix="tiny_vlm_")
+    try:
+        counts = build_tiny_qwen_vl(tmp, sandbox_words(), seed, vlm_spec(c))
+        model, processor = load_vlm(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    s = c.sft
+    torch.manual_seed(s.seed)
+    model, trainable = prepare_model(model, s.mode, s.freeze_vision, s.lora_rank, s.lora_alpha, seed=s.seed)
+
+    def batch(step: int, n: int):
+        return sample_examples(np.random.default_rng([seed, step, 11]), n, size, c.two_image_frac)
+
+    hist = train_vlm(model, processor, batch, s, progress=progress)
+    train_s = time.time() - t0
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    save_vlm(model, processor, out)
+    model, processor = load_vlm(out)  # measure what was saved
+    acc = evaluate_describer(model, processor, eval_pairs)
+    return {"params": counts, "trainable": trainable, "steps": s.steps, "train_seconds": round(train_s, 1),
+            "history": hist, "eval": acc}
