@@ -89,3 +89,17 @@ class Checkpoints:
 def load_state(step_dir: str) -> Dict[str, Any]:
     with open(os.path.join(step_dir, STATE)) as f:
         return json.load(f)
+
+
+def publish(src: str, dst: str) -> str:
+    """Copy a finished artefact (e.g. the last step's LoRA or HF folder) to a stable path such as
+    `<output_dir>/final`, replacing an older copy only once the new one is complete."""
+    dst = os.path.abspath(dst)
+    tmp = dst + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edit_rlhf.checkpoint import publish
 from edit_rlhf.config import flatten, to_dict
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
@@ -415,6 +416,8 @@ class GRPOTrainer:
                     last_dir = self.save(step)
             if self.eval_ds is not None:
                 self.evaluate(cfg.steps, probes=cfg.eval_probes, save_dir=last_dir)
+            if last_dir:  # a stable path for later stages and users: <output_dir>/final_lora
+                publish(os.path.join(last_dir, "lora"), os.path.join(cfg.output_dir, "final_lora"))
             status = "FINISHED"
             summary = self.summary(time.time() - t0, last_dir)
             summary["placement"] = self.placement()
@@ -450,7 +453,7 @@ class GRPOTrainer:
                              "seconds": round(seconds, 1), "setup_seconds": round(self.setup_seconds, 1),
                              "policy_version": self.version, "run_id": self.tracker.run_id,
                              "tracking_uri": self.tracker.uri, "checkpoint": final_dir,
-                             "final_lora": os.path.join(final_dir, "lora") if final_dir else None,
+                             "final_lora": os.path.join(self.cfg.output_dir, "final_lora") if final_dir else None,
                              "rollout_served": list(self.rollout.served), "reward_served": list(self.reward.served),
                              "counters": dict(self.counters)}
         if h:

@@ -60,3 +60,26 @@ def grpo_cfg(tiny_models, sandbox_dir, tmp_path):
         return load_config(GRPOConfig, TINY_CONFIG, base + list(overrides))
 
     return make
+
+
+def _shipped_digest():
+    import hashlib
+
+    root = os.path.join(ROOT, "models")
+    h = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                h[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return h
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_models_untouched():
+    """No test may write into the shipped checkpoints (models/): a default export path once did."""
+    before = _shipped_digest()
+    yield
+    after = _shipped_digest()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"tests modified shipped files under models/: {changed}"

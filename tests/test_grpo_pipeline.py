@@ -39,8 +39,8 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
 
     from edit_rlhf.data.prompts import EditPromptDataset
 
-    final = os.path.dirname(s["final_lora"])
-    saved = np.load(os.path.join(final, "eval_edits.npz"))
+    assert s["final_lora"] == os.path.join(cfg.output_dir, "final_lora")  # a stable copy of the last step's LoRA
+    saved = np.load(os.path.join(s["checkpoint"], "eval_edits.npz"))
     assert int(saved["policy_version"]) == 3
     ds = EditPromptDataset(cfg.data.eval)
     row = ds.row(0, ["source_image", "instruction"])

@@ -115,6 +115,11 @@ class HFEngine:
             logits = self.model(**enc).logits[0, p - 1:-1].float()
             return torch.log_softmax(logits, -1).gather(-1, comp[0, :, None])[:, 0]
 
+    def score_completion(self, request: GenRequest, completion_ids: Sequence[int]) -> List[float]:
+        """`token_logprobs` as a list (the same call as `VLLMEngine.score_completion`)."""
+        with torch.no_grad():
+            return self.token_logprobs(request, completion_ids).tolist()
+
     # ------------------------------------------------------------------ weight sync
     def load_weights(self, named_tensors: Iterable[Tuple[str, Any]]) -> int:
         sd = {k: v for k, v in named_tensors}

@@ -67,6 +67,14 @@ class VLLMEngine:
             enable_prefix_caching=cfg.enable_prefix_caching)
         if cfg.distributed_executor_backend:
             kw["distributed_executor_backend"] = cfg.distributed_executor_backend
+        import torch
+
+        if not torch.cuda.is_available():
+            # A partially prefilled request's sampled token is discarded and vLLM rewinds its per-request
+            # generator with set_offset, which CPU generators do not support ("CPU Generator does not use
+            # offset"): seeded sampling of a large batch crashes. Without chunked prefill a request is only
+            # scheduled when its whole prompt fits the step's token budget.
+            kw.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, cfg.max_model_len))
         self.llm = LLM(**kw)
         self.start_seconds = time.time() - t
         self.path = path
@@ -124,6 +132,25 @@ class VLLMEngine:
             lps = [float(d[t].logprob) for t, d in zip(c.token_ids, c.logprobs)]
         return Completion(text=c.text, token_ids=list(c.token_ids), logprobs=lps,
                           finish_reason=str(c.finish_reason or ""))
+
+    # ------------------------------------------------------------------ scoring given tokens
+    def score_completion(self, request: GenRequest, completion_ids: Sequence[int]) -> List[float]:
+        """Log-probs of `completion_ids` after the request's prompt under the engine's current weights (raw
+        distribution), via prompt log-probs of prompt + completion. Used to check weight syncs against the
+        learner. Raises ValueError when the text of the ids does not re-tokenize to the same ids."""
+        from vllm import SamplingParams
+
+        ids = [int(t) for t in completion_ids]
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        item: Dict[str, Any] = {"prompt": request.prompt + text}
+        if len(request.images):
+            item["multi_modal_data"] = {"image": [to_pil(im) for im in request.images]}
+        out = self.llm.generate([item], SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
+                                use_tqdm=False)[0]
+        tail = list(out.prompt_token_ids[-len(ids):])
+        if tail != ids:
+            raise ValueError(f"score_completion: the completion re-tokenizes differently ({tail[:8]}... vs {ids[:8]}...)")
+        return [float(d[t].logprob) for t, d in zip(ids, out.prompt_logprobs[-len(ids):])]
 
     # ------------------------------------------------------------------ weight sync
     def load_weights(self, named_tensors: Iterable[Tuple[str, Any]]) -> int:

@@ -1,0 +1,1 @@
+"""Edit-RRM training: T+V trace selection, cold-start SFT and GCPO learner cores, weight sync, evaluation."""

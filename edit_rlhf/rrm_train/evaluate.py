@@ -1,0 +1,75 @@
+"""Pairwise evaluation of an RRM on a pool of generation actors (`actors.rrm_rollout.RRMRolloutWorker`).
+
+Both images of every pair are scored independently with the same prompt (pointwise RRM, algorithms.md §5
+note 6): k = sampling.n verdicts each, the score is their mean over parsable verdicts (Avg@k; k = 1 with
+temperature 0 is greedy). Requests are spread over the pool's actors in contiguous chunks, one call each.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from edit_rlhf.rrm.engine import GenRequest, SamplingSpec, sample_seed
+from edit_rlhf.rrm.parse import parse_verdict
+from edit_rlhf.rrm_train.metrics import avg_at_k, pairwise_metrics
+
+
+def chunked(n: int, k: int) -> List[range]:
+    """k contiguous, nearly equal chunks of range(n) (empty ones dropped)."""
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    return [range(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
+def generate_on(actors: Sequence[Any], requests: Sequence[GenRequest], spec: SamplingSpec,
+                timeout_s: float = None):
+    """Per request, spec.n Completions, and the set of weight versions that produced them."""
+    import ray
+
+    parts = chunked(len(requests), len(actors))
+    refs = [actors[i].generate.remote([requests[j] for j in r], spec, timeout_s) for i, r in enumerate(parts)]
+    out, versions = [], set()
+    for comps, version in ray.get(refs):
+        out += comps
+        versions.add(version)
+    return out, versions
+
+
+def pair_eval_requests(prompt, pairs, seed: int) -> List[GenRequest]:
+    """[winner_0, loser_0, winner_1, ...] for a PairSet (images decoded here)."""
+    reqs = []
+    for i in range(len(pairs)):
+        p = pairs[i]
+        text = prompt.text(p.instruction, p.principles)
+        reqs += [GenRequest(text, [p.source, p.winner], seed=sample_seed(seed, p.id, "w")),
+                 GenRequest(text, [p.source, p.loser], seed=sample_seed(seed, p.id, "l"))]
+    return reqs
+
+
+def evaluate_pairs(actors: Sequence[Any], prompt, pairs, sampling, unparsed: str = "drop", seed: int = 0,
+                   timeout_s: float = None, requests: Sequence[GenRequest] = None) -> Dict[str, Any]:
+    """{'metrics': pairwise metrics + parse rate + Avg@k, 'scores': [(winner, loser) per pair], 'versions'}."""
+    t0 = time.time()
+    reqs = list(requests) if requests is not None else pair_eval_requests(prompt, pairs, seed)
+    spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                        max_tokens=sampling.max_tokens)
+    comps, versions = generate_on(actors, reqs, spec, timeout_s)
+    scores, n_ok, n_all, lens, samples = [], 0, 0, [], []
+    for i in range(len(pairs)):
+        n_pr = len(pairs.rows[i]["principles"])
+        pair_scores = []
+        for side in (0, 1):
+            cs = comps[2 * i + side]
+            vs = [parse_verdict(c.text, n_expected=n_pr) for c in cs]
+            n_ok += sum(v.ok for v in vs)
+            n_all += len(vs)
+            lens += [len(c.token_ids) for c in cs]
+            pair_scores.append(avg_at_k(vs, unparsed))
+            if len(samples) < 2:
+                samples.append(cs[0].text)
+        scores.append(tuple(pair_scores))
+    m = pairwise_metrics([s[0] for s in scores], [s[1] for s in scores], pairs.categories())
+    m.update(parse_rate=n_ok / max(1, n_all), k=sampling.n, trace_length_mean=float(np.mean(lens)) if lens else 0.0,
+             seconds=time.time() - t0)
+    return {"metrics": m, "scores": scores, "versions": sorted(versions), "samples": samples}

@@ -1,0 +1,93 @@
+"""RRM evaluation figures as pure functions: pairwise accuracy (strict and with ties, per category, chance
+levels), Avg@k scores from sampled verdicts, and verdict quality against gold checks (parse rate, agreement).
+
+Pairwise accuracy (EditReward-Bench convention): a pair is right when score(preferred) > score(other); ties
+are wrong in the strict metric and count one half in the with-ties metric. A pair with an unscored side (no
+parsable verdict under `unparsed=drop`) is wrong in both and counted. Chance levels: a scorer that assigns
+both images independent draws from its own score distribution is right with probability (1 - P(tie)) / 2
+(strict) and 1/2 (with ties).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from edit_rlhf.rrm.parse import Verdict
+
+
+def _ok(s) -> bool:
+    return s is not None and not (isinstance(s, float) and math.isnan(s))
+
+
+def pair_outcome(sw: Optional[float], sl: Optional[float]) -> str:
+    """'win' | 'tie' | 'loss' | 'unscored'."""
+    if not (_ok(sw) and _ok(sl)):
+        return "unscored"
+    return "win" if sw > sl else ("tie" if sw == sl else "loss")
+
+
+def pairwise_metrics(scores_w: Sequence[Optional[float]], scores_l: Sequence[Optional[float]],
+                     categories: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """accuracy (strict), accuracy_with_ties, tie_rate, unscored_rate, chance_strict, per-category strict
+    accuracy ('category/<name>') and its macro average over categories ('accuracy_macro')."""
+    n = len(scores_w)
+    if n == 0:
+        return {"pairs": 0}
+    out_k = [pair_outcome(a, b) for a, b in zip(scores_w, scores_l)]
+    c = Counter(out_k)
+    m: Dict[str, float] = {"pairs": n, "accuracy": c["win"] / n, "accuracy_with_ties": (c["win"] + 0.5 * c["tie"]) / n,
+                           "tie_rate": c["tie"] / n, "unscored_rate": c["unscored"] / n}
+    vals = [float(s) for s in list(scores_w) + list(scores_l) if _ok(s)]
+    if vals:
+        freq = np.array(list(Counter(vals).values()), dtype=np.float64) / len(vals)
+        m["chance_strict"] = float((1.0 - (freq ** 2).sum()) / 2.0)
+        m["score_mean"] = float(np.mean(vals))
+        m["score_std"] = float(np.std(vals))
+        m["distinct_scores"] = len(set(vals))
+    m["chance_with_ties"] = 0.5
+    if categories is not None:
+        per: Dict[str, List[str]] = defaultdict(list)
+        for k, cat in zip(out_k, categories):
+            per[str(cat)].append(k)
+        for cat, ks in sorted(per.items()):
+            m[f"category/{cat}"] = sum(k == "win" for k in ks) / len(ks)
+            m[f"category_n/{cat}"] = len(ks)
+        m["accuracy_macro"] = float(np.mean([m[f"category/{cat}"] for cat in per]))
+    return m
+
+
+def avg_at_k(verdicts: Sequence[Verdict], unparsed: str = "drop") -> Optional[float]:
+    """Mean score of the parsable verdicts (Avg@k); none parsable -> None (`drop`) or 0.0 (`lowest`)."""
+    s = [v.score for v in verdicts if v.ok]
+    if s:
+        return float(np.mean(s))
+    return 0.0 if unparsed == "lowest" else None
+
+
+def verdict_metrics(verdicts: Sequence[Verdict], gold_checks: Optional[Sequence[Sequence[int]]] = None,
+                    gold_scores: Optional[Sequence[float]] = None) -> Dict[str, float]:
+    """parse_rate; with gold: check_accuracy (per principle, parsed outputs), checks_exact, score_mae,
+    average_consistent (the written average equals the checks' mean)."""
+    n = len(verdicts)
+    ok = [v for v in verdicts if v.ok]
+    m: Dict[str, float] = {"n": n, "parse_rate": len(ok) / n if n else 0.0}
+    if ok:
+        m["average_consistent"] = float(np.mean([bool(v.average_consistent) for v in ok]))
+    if gold_checks is not None:
+        acc, exact = [], []
+        for v, g in zip(verdicts, gold_checks):
+            if v.ok and g is not None and len(v.checks) == len(g):
+                hits = [int(a) == int(b) for a, b in zip(v.checks, g)]
+                acc += hits
+                exact.append(all(hits))
+        if acc:
+            m["check_accuracy"] = float(np.mean(acc))
+            m["checks_exact"] = float(np.mean(exact))
+    if gold_scores is not None:
+        err = [abs(v.score - float(s)) for v, s in zip(verdicts, gold_scores) if v.ok and s is not None]
+        if err:
+            m["score_mae"] = float(np.mean(err))
+    return m

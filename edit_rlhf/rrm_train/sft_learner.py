@@ -1,0 +1,190 @@
+"""Edit-RRM SFT learner rank: Qwen2.5-VL inside a DeepSpeed engine, cross-entropy on the assistant tokens.
+
+K ranks (Ray actors; `edit_rlhf.actors.learner` is the shell, `pipelines/rrm_sft.py` the driver) form one
+torch.distributed group. Every rank derives the same global batch for a step from (seed, step) and trains on
+its 1/K slice. The loss is the mean over the *global* batch's assistant tokens: each rank scales its token
+sum by K / (global token count) and DeepSpeed averages the gradients, so K ranks take exactly the step one
+rank takes on the whole batch. Examples are the RRM conversation (`rrm.prompt`, the inference prompt) with
+the trace as the assistant turn (`vlm.chat.collate` masks everything else).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs
+from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
+from edit_rlhf.vlm.attention import batched_vision_attention
+from edit_rlhf.vlm.chat import IGNORE, collate
+from edit_rlhf.vlm.sft import lr_factor
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Example indices of global step `step`: consecutive slices of per-epoch shuffles of range(n), so the
+    data position is the step alone (a resumed run draws the same next batch)."""
+    out: List[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, off = divmod(pos, n)
+        order = np.random.default_rng([seed, epoch, 3]).permutation(n)
+        take = order[off: off + batch_size - len(out)]
+        out += [int(i) for i in take]
+        pos += len(take)
+    return np.asarray(out)
+
+
+def schedule_lr(base: float, step: int, total: int, sched) -> float:
+    if sched.kind == "constant":
+        return base * min(1.0, (step + 1) / max(1, sched.warmup_steps)) if sched.warmup_steps else base
+    return base * lr_factor(step, total, sched.warmup_steps, sched.min_lr_ratio)
+
+
+def token_ce(model, batch: Dict[str, torch.Tensor]):
+    """(sum of CE over assistant tokens, their count, greedy hits) of one batch."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                           ignore_index=IGNORE, reduction="sum")
+    with torch.no_grad():
+        hits = ((logits.argmax(-1) == target) & mask).sum()
+    return ce, mask.sum(), hits
+
+
+class RRMSFTLearner:
+    """One rank. `cfg` is an RRMSFTConfig."""
+
+    def __init__(self, cfg, rank: int, world: int, master_addr: str, master_port: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.device = init_process_group(rank, world, master_addr, master_port, cfg.model.device, cfg.learner.backend)
+        torch.manual_seed(cfg.seed)
+        model, self.processor = load_rrm(cfg.model.path, cfg.model.dtype, cfg.model.device)
+        model, self.trainable = prepare(model, cfg.model, cfg.seed)
+        model.train()
+        self.per_rank = cfg.batch_size // world
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine = deepspeed_engine(model, params, cfg.optim, cfg.learner.zero_stage, self.per_rank, 1,
+                                       cfg.model.dtype)
+        self.data = TraceDataset(cfg.data.train, cfg.data.validate)
+        self.eval_data = TraceDataset(cfg.data.eval) if cfg.data.eval else None
+        self.pairs = load_pairs(cfg.data.pairs_eval).head(cfg.data.pairs_eval_size) if cfg.data.pairs_eval else None
+        self.step = 0
+
+    # ------------------------------------------------------------------ data
+    def example(self, row: Dict[str, Any], with_answer: bool = True):
+        p = self.cfg.prompt
+        return chat_example(row["instruction"], row["principles"], row["source_image"], row["edited_image"],
+                            row["trace_text"] if with_answer else None, p.style, p.system)
+
+    def rank_batch(self, step: int) -> Dict[str, torch.Tensor]:
+        idx = batch_indices(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
+        mine = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        batch = collate(self.processor, [self.example(self.data.row(int(i))) for i in mine])
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ training
+    def info(self) -> dict:
+        return {"rank": self.rank, "world": self.world, "trainable": self.trainable, "examples": len(self.data),
+                "step": self.step}
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    def _all_sum(self, *xs: torch.Tensor) -> List[torch.Tensor]:
+        t = torch.stack([x.detach().double().cpu() for x in xs])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return list(t)
+
+    def train_steps(self, n: int) -> List[Dict[str, float]]:
+        """`n` optimizer steps; per step the global token-mean loss, token accuracy, grad norm and lr."""
+        out = []
+        with batched_vision_attention(self.cfg.model.vision_patch):
+            for _ in range(n):
+                t0 = time.time()
+                lr = schedule_lr(self.cfg.optim.lr, self.step, self.cfg.steps, self.cfg.schedule)
+                for g in self.engine.optimizer.param_groups:
+                    g["lr"] = lr
+                batch = self.rank_batch(self.step)
+                n_tok = (batch["labels"][:, 1:] != IGNORE).sum()
+                (g_tok,) = self._all_sum(n_tok)
+                ce, tok, hits = token_ce(self.engine, batch)
+                # sum over this rank's tokens, scaled so DeepSpeed's mean over ranks is the global token mean
+                self.engine.backward(ce * (self.world / max(1.0, float(g_tok))))
+                self.engine.step()
+                s_ce, s_hits = self._all_sum(ce, hits)
+                gn = self.engine.get_global_grad_norm()
+                self.step += 1
+                out.append({"step": self.step, "loss": float(s_ce / g_tok), "token_accuracy": float(s_hits / g_tok),
+                            "tokens": int(g_tok), "lr": lr, "seconds": time.time() - t0,
+                            "grad_norm": float(gn) if gn is not None else float("nan")})
+        return out
+
+    # ------------------------------------------------------------------ evaluation (rank 0)
+    @torch.no_grad()
+    def generate(self, examples, max_tokens: int) -> List[str]:
+        from edit_rlhf.vlm.generate import generate
+
+        return generate(self.module, self.processor, examples, max_new_tokens=max_tokens,
+                        batch_size=self.cfg.eval.batch_size, vision_patch=self.cfg.model.vision_patch)
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, Any]:
+        """Greedy verdicts on the held-out traces (parse rate, agreement with gold checks, score error) and
+        on both images of the held-out pairs (pairwise accuracy)."""
+        from edit_rlhf.rrm.parse import parse_verdict
+        from edit_rlhf.rrm_train.metrics import pairwise_metrics, verdict_metrics
+
+        t0 = time.time()
+        m: Dict[str, Any] = {}
+        samples: List[str] = []
+        mt = self.cfg.eval.max_tokens
+        if self.eval_data is not None:
+            rows = [self.eval_data.row(i) for i in range(min(self.cfg.data.eval_size, len(self.eval_data)))]
+            replies = self.generate([self.example(r, with_answer=False) for r in rows], mt)
+            vs = [parse_verdict(t, n_expected=len(r["principles"])) for t, r in zip(replies, rows)]
+            golds = [r.get("checks") for r in rows] if all("checks" in r for r in rows) else None
+            scores = [r.get("oracle_score") for r in rows] if all("oracle_score" in r for r in rows) else None
+            m.update({f"traces/{k}": v for k, v in verdict_metrics(vs, golds, scores).items()})
+            samples = replies[:2]
+        if self.pairs is not None:
+            ps = [self.pairs[i] for i in range(len(self.pairs))]
+            p = self.cfg.prompt
+            exs = [chat_example(q.instruction, q.principles, q.source, img, None, p.style, p.system)
+                   for q in ps for img in (q.winner, q.loser)]
+            replies = self.generate(exs, mt)
+            vs = [parse_verdict(t, n_expected=len(ps[k // 2].principles)) for k, t in enumerate(replies)]
+            sc = [v.score if v.ok else None for v in vs]
+            pm = pairwise_metrics(sc[0::2], sc[1::2], [q.category for q in ps])
+            m.update({f"pairs/{k}": v for k, v in pm.items()})
+            m["pairs/parse_rate"] = float(np.mean([v.ok for v in vs]))
+        m["seconds"] = time.time() - t0
+        return {"metrics": m, "samples": samples}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_hf(self, path: str, extra: Dict = None) -> str:
+        if self.rank == 0:
+            save_hf(self.module, self.processor, path, extra)
+        return path
+
+    def save_checkpoint(self, path: str, tag: str = "ds") -> None:
+        self.engine.save_checkpoint(path, tag=tag, client_state={"step": self.step,
+                                                                 "torch_rng": torch.random.get_rng_state()})
+
+    def load_checkpoint(self, path: str, tag: str = "ds") -> Dict[str, Any]:
+        load_path, client = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
+                                                        load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
+        self.step = int(client["step"])
+        torch.random.set_rng_state(client["torch_rng"])
+        return {"step": self.step}

@@ -1,0 +1,87 @@
+"""`edit-rlhf eval-rrm`: pairwise accuracy of an Edit-RRM on preference data.
+
+Data: our pair schema (`format: pairs`) or EditScore's EditReward-Bench layout (`format: editreward_bench`;
+columns documented in `rrm_train.data`). A pool of `pool.size` engines (vLLM or HF, `engine.backend`) scores
+both images of every pair with k = `eval.sampling.n` verdicts each (Avg@k). Reported: strict accuracy (ties
+wrong), the with-ties variant (ties count 1/2), per-category accuracy and its macro average, parse rate,
+tie rate and chance levels; logged to MLflow and written to `output` (with per-pair scores) when set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict
+
+from edit_rlhf.config import flatten, to_dict
+
+
+def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
+    import ray
+
+    from edit_rlhf.actors.rrm_rollout import RRMRolloutWorker
+    from edit_rlhf.cluster.pools import ActorPool, init_ray
+    from edit_rlhf.config import ConfigError
+    from edit_rlhf.rrm.prompt import RRMPrompt
+    from edit_rlhf.rrm_train.data import load_preferences
+    from edit_rlhf.rrm_train.evaluate import evaluate_pairs
+    from edit_rlhf.runtime import setup_process
+    from edit_rlhf.tracking import Tracker
+
+    setup_process(cfg.cluster.torch_threads)
+    t0 = time.time()
+    cfg.engine.path = os.path.abspath(cfg.engine.path)
+    if not os.path.isfile(os.path.join(cfg.engine.path, "config.json")):
+        raise ConfigError(f"config key 'engine.path': {cfg.engine.path} is not a model folder (no config.json)")
+    pairs = load_preferences(cfg.data)
+    prompt = RRMPrompt.from_path(cfg.engine.path, cfg.prompt.style, cfg.prompt.system)
+    started = not ray.is_initialized()
+    init_ray(cfg.cluster)
+    tracker = Tracker.from_config(cfg.tracking, default_name="eval-rrm",
+                      tags={"pipeline": "eval-rrm", "model": cfg.engine.path, "data": cfg.data.path})
+    tracker.log_params(flatten(to_dict(cfg)))
+    pool, status = None, "FAILED"
+    try:
+        pool = ActorPool("rrm_eval", RRMRolloutWorker, cfg.pool,
+                         lambda i: (cfg.engine, f"rrm-eval-{i}", cfg.cluster.torch_threads, cfg.seed + i),
+                         runtime_env=cfg.cluster.runtime_env())
+        pool.wait_ready()
+        res = evaluate_pairs(pool.actors, prompt, pairs, cfg.eval.sampling, cfg.eval.unparsed, cfg.seed)
+        m = dict(res["metrics"])
+        m["rows_dropped_ties"] = pairs.stats.get("ties_dropped", 0)
+        tracker.log_metrics({f"eval/{k}": v for k, v in m.items()}, 0)
+        out = {"pipeline": "eval-rrm", "model": cfg.engine.path, "data": cfg.data.path, "format": cfg.data.format,
+               "metrics": m, "seconds": round(time.time() - t0, 1), "run_id": tracker.run_id,
+               "load_stats": pairs.stats}
+        if cfg.output:
+            os.makedirs(os.path.dirname(os.path.abspath(cfg.output)) or ".", exist_ok=True)
+            with open(cfg.output, "w") as f:
+                json.dump({**out, "pairs": [{"id": r["id"], "category": r["category"], "score_preferred": s[0],
+                                             "score_other": s[1]} for r, s in zip(pairs.rows, res["scores"])]},
+                          f, indent=2, default=str)
+        tracker.log_dict(out, "eval_rrm.json")
+        status = "FINISHED"
+        print(summary_line(out), flush=True)
+        return out
+    finally:
+        if pool is not None:
+            try:
+                ray.get([a.shutdown.remote() for a in pool.actors], timeout=60)
+            except Exception:
+                pass
+            pool.shutdown()
+        tracker.finish(status)
+        if started and ray.is_initialized():
+            ray.shutdown()
+
+
+def summary_line(out: Dict[str, Any]) -> str:
+    m = out["metrics"]
+    parts = [f"eval-rrm: {m['pairs']} pairs in {out['seconds']:.0f}s",
+             f"pairwise accuracy {m['accuracy']:.3f} (with ties {m['accuracy_with_ties']:.3f}; chance "
+             f"{m.get('chance_strict', float('nan')):.3f} / 0.5)"]
+    if "accuracy_macro" in m:
+        parts.append(f"macro over categories {m['accuracy_macro']:.3f}")
+    parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}",
+              f"mlflow run {out['run_id']}"]
+    return " | ".join(parts)
