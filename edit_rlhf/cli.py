@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
     _pipeline_parser(sub, "edit-r1", "the whole Edit-R1 recipe as stages (principles, RRM SFT, RRM GCPO, editor GRPO, "
                      "evaluation) with one MLflow parent run")
+    _pipeline_parser(sub, "sandbox-data", "build (or reuse) the sandbox datasets as a pipeline stage (edit-r1's "
+                     "first stage; the same data as `sandbox build`)")
     _pipeline_parser(sub, "principles", "add evaluation principles to an edit-prompt dataset (sandbox oracle "
                      "or a VLM on vLLM workers)")
     _pipeline_parser(sub, "editor-sft", "supervised flow-matching fine-tuning of a FLUX.1-Kontext editor on "
@@ -97,26 +99,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
-# Edit-RRM training commands: (config class in edit_rlhf.config.rrm_train, runner "module:function").
-RRM_COMMANDS = {
-    "rrm-traces": ("RRMTraceSelectConfig", "edit_rlhf.rrm_train.selection:run_selection"),
-    "rrm-sft": ("RRMSFTConfig", "edit_rlhf.pipelines.rrm_sft:run_rrm_sft"),
-    "rrm-gcpo": ("RRMGCPOConfig", "edit_rlhf.pipelines.rrm_gcpo:run_rrm_gcpo"),
-    "eval-rrm": ("RRMEvalConfig", "edit_rlhf.pipelines.eval_rrm:run_eval_rrm"),
-}
-
-
-def _rrm_command(args) -> int:
-    import importlib
-
+def _run_pipeline(args) -> int:
+    """A registered pipeline command (edit_rlhf.commands.PIPELINES): load and validate its config, run it."""
+    from edit_rlhf.commands import pipeline
     from edit_rlhf.config import to_yaml
-    from edit_rlhf.config import rrm_train
 
-    schema_name, runner = RRM_COMMANDS[args.command]
-    schema = getattr(rrm_train, schema_name)
-    if args.resume and "resume" not in schema.__dataclass_fields__:
-        print(f"edit-rlhf {args.command}: error: --resume is not supported by this command", file=sys.stderr)
-        return 2
+    schema, runner = pipeline(args.command)
     cfg = _load(schema, args)
     if args.print_config:
         print(to_yaml(cfg))
@@ -124,23 +112,13 @@ def _rrm_command(args) -> int:
     from edit_rlhf.runtime import setup_process
 
     setup_process(getattr(getattr(cfg, "cluster", None), "torch_threads", 1))
-    mod, _, fn = runner.partition(":")
-    getattr(importlib.import_module(mod), fn)(cfg, quiet=args.quiet)
+    runner(cfg, quiet=args.quiet)
     return 0
 
 
 def _dispatch(args) -> int:
-    if args.command == "grpo":
-        from edit_rlhf.config import GRPOConfig, to_yaml
+    from edit_rlhf.commands import PIPELINES
 
-        cfg = _load(GRPOConfig, args)
-        if args.print_config:
-            print(to_yaml(cfg))
-            return 0
-        from edit_rlhf.pipelines.grpo import run_grpo
-
-        run_grpo(cfg, quiet=args.quiet)
-        return 0
     if args.command == "edit-r1":
         from edit_rlhf.config import to_yaml
         from edit_rlhf.config.edit_r1 import EditR1Config
@@ -153,30 +131,8 @@ def _dispatch(args) -> int:
 
         run_edit_r1(cfg, args.config, quiet=args.quiet)
         return 0
-    if args.command == "principles":
-        from edit_rlhf.config import to_yaml
-        from edit_rlhf.config.principles import PrinciplesConfig
-
-        cfg = _load(PrinciplesConfig, args)
-        if args.print_config:
-            print(to_yaml(cfg))
-            return 0
-        from edit_rlhf.pipelines.principles import run_principles
-
-        run_principles(cfg, quiet=args.quiet)
-        return 0
-    if args.command == "eval-editor":
-        from edit_rlhf.config import to_yaml
-        from edit_rlhf.config.evaluation import EvalEditorConfig
-
-        cfg = _load(EvalEditorConfig, args)
-        if args.print_config:
-            print(to_yaml(cfg))
-            return 0
-        from edit_rlhf.pipelines.eval_editor import run_eval_editor
-
-        run_eval_editor(cfg, quiet=args.quiet)
-        return 0
+    if args.command in PIPELINES:
+        return _run_pipeline(args)
     if args.command == "report":
         from edit_rlhf.report import build_report
         from edit_rlhf.report.mlflow_source import RunNotFound
@@ -224,26 +180,12 @@ def _dispatch(args) -> int:
             print(f"edit-rlhf scale: error: {e}", file=sys.stderr)
             return 2
         return 0
-    if args.command == "editor-sft":
-        from edit_rlhf.config import to_yaml
-        from edit_rlhf.config.sft import EditorSFTConfig
-
-        cfg = _load(EditorSFTConfig, args)
-        if args.print_config:
-            print(to_yaml(cfg))
-            return 0
-        from edit_rlhf.pipelines.editor_sft import run_editor_sft
-
-        run_editor_sft(cfg, quiet=args.quiet)
-        return 0
     if args.command == "sandbox" and args.sandbox_command == "pretrain":
         from edit_rlhf.pipelines.sandbox_pretrain import default_config_path, run_pretrain
 
         run_pretrain(args.out, args.config or default_config_path(), args.overrides, quiet=args.quiet,
                      argv=["edit-rlhf", *sys.argv[1:]])
         return 0
-    if args.command in RRM_COMMANDS:
-        return _rrm_command(args)
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit
 

@@ -9,6 +9,7 @@ import importlib
 from typing import Any, Callable, Dict, Tuple
 
 PIPELINES: Dict[str, Tuple[str, str]] = {
+    "sandbox-data": ("edit_rlhf.config.sandbox:SandboxDataConfig", "edit_rlhf.pipelines.sandbox_data:run_sandbox_data"),
     "principles": ("edit_rlhf.config.principles:PrinciplesConfig", "edit_rlhf.pipelines.principles:run_principles"),
     "rrm-traces": ("edit_rlhf.config.rrm_train:RRMTraceSelectConfig", "edit_rlhf.rrm_train.selection:run_selection"),
     "rrm-sft": ("edit_rlhf.config.rrm_train:RRMSFTConfig", "edit_rlhf.pipelines.rrm_sft:run_rrm_sft"),
