@@ -50,3 +50,18 @@ def deepspeed_engine(model: torch.nn.Module, params: Iterable[torch.nn.Parameter
     cfg.update(extra or {})
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt, config=cfg)
     return engine
+
+
+def save_engine_state(engine, path: str, state: Dict[str, Any], tag: str = "ds") -> None:
+    """Every rank's DeepSpeed state (weights, optimizer partitions) plus `state` and this rank's torch RNG."""
+    engine.save_checkpoint(path, tag=tag, client_state={**state, "torch_rng": torch.random.get_rng_state()})
+
+
+def load_engine_state(engine, path: str, tag: str = "ds") -> Dict[str, Any]:
+    """Restore what `save_engine_state` wrote (and the torch RNG); returns the saved `state`."""
+    load_path, client = engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
+                                               load_lr_scheduler_states=True)
+    if load_path is None:
+        raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
+    torch.random.set_rng_state(client["torch_rng"])
+    return client

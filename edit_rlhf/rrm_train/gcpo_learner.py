@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edit_rlhf.algorithms.gcpo import token_mean_clip_loss
-from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.rrm.engine import GenRequest, to_pil
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf, sync_weights
 from edit_rlhf.rrm_train.sync import WeightBuckets
@@ -256,16 +256,11 @@ class GCPOLearner:
             save_hf(self.module, self.processor, path, extra)
         return path
 
-    def save_checkpoint(self, path: str, tag: str = "ds") -> None:
-        self.engine.save_checkpoint(path, tag=tag, client_state={"version": self.version, "updates": self.updates,
-                                                                 "torch_rng": torch.random.get_rng_state()})
+    def save_checkpoint(self, path: str) -> None:
+        save_engine_state(self.engine, path, {"version": self.version, "updates": self.updates})
 
-    def load_checkpoint(self, path: str, tag: str = "ds") -> Dict[str, Any]:
-        load_path, client = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
-                                                        load_lr_scheduler_states=True)
-        if load_path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
+    def load_checkpoint(self, path: str) -> Dict[str, Any]:
+        client = load_engine_state(self.engine, path)
         self.version = int(client["version"])
         self.updates = int(client.get("updates", 0))
-        torch.random.set_rng_state(client["torch_rng"])
         return {"version": self.version}

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
 from edit_rlhf.vlm.attention import batched_vision_attention
@@ -176,15 +176,9 @@ class RRMSFTLearner:
             save_hf(self.module, self.processor, path, extra)
         return path
 
-    def save_checkpoint(self, path: str, tag: str = "ds") -> None:
-        self.engine.save_checkpoint(path, tag=tag, client_state={"step": self.step,
-                                                                 "torch_rng": torch.random.get_rng_state()})
+    def save_checkpoint(self, path: str) -> None:
+        save_engine_state(self.engine, path, {"step": self.step})
 
-    def load_checkpoint(self, path: str, tag: str = "ds") -> Dict[str, Any]:
-        load_path, client = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
-                                                        load_lr_scheduler_states=True)
-        if load_path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
-        self.step = int(client["step"])
-        torch.random.set_rng_state(client["torch_rng"])
+    def load_checkpoint(self, path: str) -> Dict[str, Any]:
+        self.step = int(load_engine_state(self.engine, path)["step"])
         return {"step": self.step}

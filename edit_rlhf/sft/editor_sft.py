@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.models.kontext import KontextCondition, KontextEditor, kontext_velocity
 from edit_rlhf.models.lora import add_lora, get_lora_state, lora_metadata, save_lora
 from edit_rlhf.runtime import resolve_dtype
@@ -234,19 +234,13 @@ class EditorSFTLearner:
                                          for i in range(k)]}
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, path: str, tag: str = "ds") -> None:
-        """Every rank's DeepSpeed state (weights, optimizer moments), the step and the torch RNG. The batch
-        plan is a pure function of (seed, step), so the step is the whole data position."""
-        self.engine.save_checkpoint(path, tag=tag, client_state={"step": self.step,
-                                                                 "torch_rng": torch.random.get_rng_state()})
+    def save_checkpoint(self, path: str) -> None:
+        """Every rank's DeepSpeed state and the step: the batch plan is a pure function of (seed, step), so
+        the step is the whole data position."""
+        save_engine_state(self.engine, path, {"step": self.step})
 
-    def load_checkpoint(self, path: str, tag: str = "ds") -> Dict[str, Any]:
-        load_path, client = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
-                                                        load_lr_scheduler_states=True)
-        if load_path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
-        self.step = int(client["step"])
-        torch.random.set_rng_state(client["torch_rng"])
+    def load_checkpoint(self, path: str) -> Dict[str, Any]:
+        self.step = int(load_engine_state(self.engine, path)["step"])
         return {"step": self.step}
 
     def save(self, path: str) -> str:
