@@ -61,7 +61,9 @@ def main(argv=None) -> dict:
         results[name] = run(cfg)
     ray.shutdown()
     tr, ct = results["treatment"], results["control"]
-    report = {"benchmark": "learn_editor_grpo", "config": a.config, "steps": a.steps, "overrides": a.overrides,
+    report = {"benchmark": "learn_editor_grpo",
+              "command": " ".join(["python", *sys.argv] if argv is None else ["learn_editor_grpo.main", *argv]),
+              "config": a.config, "steps": a.steps, "overrides": a.overrides,
               "scorer": load_config(GRPOConfig, a.config, base).reward.scorer, "lr": None,
               "seconds": round(time.time() - t0, 1)}
     report["lr"] = load_config(GRPOConfig, a.config, base).optim.lr

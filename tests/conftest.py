@@ -56,7 +56,10 @@ def grpo_cfg(tiny_models, sandbox_dir, tmp_path):
         base = [f"editor.path={tiny_models['editor']}", f"data.train={sandbox_dir}/prompts_train",
                 f"data.eval={sandbox_dir}/prompts_eval", f"output_dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns",
                 "prepare.build_missing=false", "data.eval_size=4", "algo.prompts_per_step=2", "algo.group_size=4",
-                "tracking.log_images_every=2"]
+                "tracking.log_images_every=2",
+                # the random tiny editor: the settings its tests were sized on (the default's suit the shipped one)
+                "sampling.num_steps=4", "sampling.train_timesteps=3", "sampling.noise_level=0.9", "optim.lr=1e-2",
+                "reward.scorer=similarity"]
         return load_config(GRPOConfig, TINY_CONFIG, base + list(overrides))
 
     return make

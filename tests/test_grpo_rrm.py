@@ -19,7 +19,8 @@ def rrm_cfg(tiny_models, sandbox_dir, tmp_path):
                 f"data.train={sandbox_dir}/prompts_train", f"data.eval={sandbox_dir}/prompts_eval",
                 f"output_dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns", "prepare.build_missing=false",
                 "data.eval_size=2", "algo.prompts_per_step=2", "algo.group_size=4", "tracking.log_images_every=1",
-                "reward.rrm.sampling.max_tokens=24", "eval_probes=false"]
+                "reward.rrm.sampling.max_tokens=24", "eval_probes=false", "sampling.num_steps=4",
+                "sampling.train_timesteps=3"]
         return load_config(GRPOConfig, f"{ROOT}/configs/sandbox_tiny_rrm.yaml", base + list(overrides))
 
     return make
