@@ -32,7 +32,7 @@ def test_production_recipe_has_the_paper_settings():
     (["algo.group_size=1"], "algo.group_size"),
     (["reward.scorer=magic"], "reward.scorer"),
     (["learner.zero_stage=3"], "learner.zero_stage"),
-    (["sampling.train_timesteps=4"], "sampling.train_timesteps"),
+    (["sampling.train_timesteps=8"], "sampling.train_timesteps"),  # >= num_steps (8)
     (["learner.size=3"], "algo"),
     (["editor.resolution=72"], "editor.resolution"),
 ])
