@@ -104,6 +104,24 @@ def test_driver_killed_mid_step_then_resumed_in_a_new_process(tiny_models, sandb
     assert client.get_run(st["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_learner_killed_mid_step_stops_cleanly_and_the_run_resumes(ray_cluster, grpo_cfg, tmp_path):
+    """A learner rank dies in step 3: the run stops with an error naming the step-2 checkpoint and the resume
+    command (no half-written checkpoint); resuming from it finishes the run in the same MLflow run."""
+    from edit_rlhf.checkpoint import Checkpoints, load_state
+    from edit_rlhf.pipelines.grpo import GRPOTrainer, LearnerFailed
+
+    common = ["steps=3", "save_every=1", "eval_every=0", "data.eval=null"]
+    cfg = grpo_cfg(*common, "cluster.actor_env.EDIT_RLHF_FAULTS=learner-0:train:3")
+    with pytest.raises(LearnerFailed) as e:
+        GRPOTrainer(cfg, quiet=True).run()
+    ck = Checkpoints(cfg.output_dir)
+    assert "learner failed at step 3" in str(e.value) and ck.latest() in str(e.value) and "resume" in str(e.value)
+    st = load_state(ck.latest())
+    assert st["step"] == 2 and not any(n.startswith(".tmp") for n in os.listdir(ck.root))
+    s = GRPOTrainer(grpo_cfg(*common, "resume=auto"), quiet=True).run()
+    assert s["policy_version"] == 3 and s["run_id"] == st["mlflow_run_id"]
+
+
 def test_pool_resize_mid_run(ray_cluster, grpo_cfg):
     from edit_rlhf.cluster.control import request_scale
     from edit_rlhf.pipelines.grpo import GRPOTrainer

@@ -17,6 +17,7 @@ from edit_rlhf.algorithms.flow_grpo import clipped_policy_loss, kl_to_reference,
 from edit_rlhf.models.kontext import KontextCondition, kontext_velocity
 from edit_rlhf.models.lora import add_lora, get_lora_state, lora_metadata, save_lora
 from edit_rlhf.distributed import deepspeed_engine, init_process_group
+from edit_rlhf.faults import maybe_fail
 from edit_rlhf.runtime import resolve_dtype
 
 # One training item: (group trajectory dict, sample index within the group, advantage).
@@ -121,6 +122,7 @@ class GRPOLearner:
     def train_on(self, plan: List[List[Tuple[int, int, float]]], trajectories: Dict[int, Dict[str, Any]]
                  ) -> Dict[str, float]:
         """plan: minibatches of (group key, sample index, advantage); trajectories: group key -> trajectory."""
+        maybe_fail(f"learner-{self.rank}", "train")  # drills: a learner rank dies mid-step
         return self.train_step([[(trajectories[g], j, a) for g, j, a in mb] for mb in plan])
 
     def train_step(self, minibatches: List[List[Item]]) -> Dict[str, float]:
