@@ -123,12 +123,12 @@ class EditR1:
                        "seconds": round(time.time() - t_all, 1),
                        "stages": {n: {k: r[k] for k in ("status", "seconds", "outputs") if k in r}
                                   for n, r in self.results.items()}}
+            parent.finish(status)  # before the report, so that it shows the parent run's final status
             if status == "FINISHED" and cfg.report:
                 summary["report"] = self._report(parent)
             parent.log_dict(summary, "edit_r1_summary.json")
             with open(os.path.join(self.root, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2, default=str)
-            parent.finish(status)
         return summary
 
     def _run_stage(self, stage, parent) -> None:
