@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 STATE = "state.json"
 LATEST = "latest"
@@ -67,6 +67,13 @@ class Checkpoints:
         if not os.path.exists(os.path.join(d, STATE)):
             raise CheckpointError(f"{p} points at {name}, which has no {STATE}")
         return d
+
+    def resume_state(self, resume: Optional[str]) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+        """(step directory, its state) for a run's `resume` setting; (None, None) for a fresh run."""
+        if not resume:
+            return None, None
+        step_dir = self.resolve(resume)
+        return step_dir, load_state(step_dir)
 
     def resolve(self, resume: str) -> str:
         """`resume` = 'auto' (latest here), a step directory, or a checkpoints root with a `latest` pointer."""

@@ -75,6 +75,20 @@ class Tracker:
             tags["mlflow.parentRunId"] = tcfg.parent_run_id
         return cls(tcfg.dir, tcfg.experiment, tcfg.uri, tcfg.run_name or default_name, run_id=run_id, tags=tags)
 
+    @classmethod
+    def for_run(cls, cfg, state: Optional[Dict[str, Any]], tags: Dict[str, str],
+                default_name: Optional[str] = None) -> "Tracker":
+        """A training pipeline's run: the checkpoint's own MLflow run when resuming (`state` from
+        `Checkpoints.resume_state`), else a new one holding the resolved config as params and config.json."""
+        from edit_rlhf.config import flatten, to_dict
+
+        t = cls.from_config(cfg.tracking, run_id=state["mlflow_run_id"] if state else None, tags=tags,
+                            default_name=default_name)
+        if state is None:
+            t.log_params(flatten(to_dict(cfg)))
+            t.log_dict(to_dict(cfg), "config.json")
+        return t
+
     def log_params(self, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import to_dict
 
 CORE = "edit_rlhf.sft.editor_sft:EditorSFTLearner"
 
@@ -64,7 +64,7 @@ class EditorSFTTrainer:
     def setup(self) -> None:
         import ray
 
-        from edit_rlhf.checkpoint import Checkpoints, load_state
+        from edit_rlhf.checkpoint import Checkpoints
         from edit_rlhf.cluster.pools import LearnerGroup, init_ray
         from edit_rlhf.tracking import Tracker
 
@@ -73,16 +73,11 @@ class EditorSFTTrainer:
         absolutize(cfg)
         check_inputs(cfg)
         self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir = self.ckpt.resolve(cfg.resume) if cfg.resume else None
-        state = load_state(resume_dir) if resume_dir else None
+        resume_dir, state = self.ckpt.resume_state(cfg.resume)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
-        self.tracker = Tracker.from_config(cfg.tracking, default_name="editor-sft",
-                                           run_id=state["mlflow_run_id"] if state else None,
-                                           tags={"pipeline": "editor-sft", "editor": cfg.editor.path, "mode": cfg.mode})
-        if state is None:
-            self.tracker.log_params(flatten(to_dict(cfg)))
-            self.tracker.log_dict(to_dict(cfg), "config.json")
+        self.tracker = Tracker.for_run(cfg, state, {"pipeline": "editor-sft", "editor": cfg.editor.path,
+                                                    "mode": cfg.mode}, default_name="editor-sft")
         self.learner = LearnerGroup("editor_sft", CORE, cfg, cfg.learner, cfg.cluster.torch_threads)
         self.info = self.learner.infos
         if state is not None:

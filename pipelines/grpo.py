@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import to_dict
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
 from edit_rlhf.pipelines.streaming import Job, stream
@@ -94,7 +94,7 @@ class GRPOTrainer:
 
         from edit_rlhf.actors.reward import RewardWorker
         from edit_rlhf.actors.rollout import EditorRolloutWorker
-        from edit_rlhf.checkpoint import Checkpoints, load_state
+        from edit_rlhf.checkpoint import Checkpoints
         from edit_rlhf.cluster.pools import ActorPool, LearnerGroup, init_ray
         from edit_rlhf.data.prompts import EditPromptDataset
         from edit_rlhf.rewards import scorer_columns
@@ -105,8 +105,7 @@ class GRPOTrainer:
         prepare_inputs(cfg)
         absolutize(cfg)
         self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir = self.ckpt.resolve(cfg.resume) if cfg.resume else None
-        state = load_state(resume_dir) if resume_dir else None
+        resume_dir, state = self.ckpt.resume_state(cfg.resume)
         need = scorer_columns(cfg.reward)
         self.train_ds = EditPromptDataset(cfg.data.train, require=need, validate=cfg.data.validate)
         self.eval_ds = (EditPromptDataset(cfg.data.eval, require=need, validate=cfg.data.validate)
@@ -114,11 +113,7 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.train_ds), cfg.seed)
         self.started_ray = not ray.is_initialized()
         self.ray_info = init_ray(cfg.cluster)
-        self.tracker = Tracker.from_config(cfg.tracking, run_id=state["mlflow_run_id"] if state else None,
-                                           tags={"pipeline": "grpo", "editor": cfg.editor.path})
-        if state is None:
-            self.tracker.log_params(flatten(to_dict(cfg)))
-            self.tracker.log_dict(to_dict(cfg), "config.json")
+        self.tracker = Tracker.for_run(cfg, state, {"pipeline": "grpo", "editor": cfg.editor.path})
         splits = {"train": cfg.data.train}
         if self.eval_ds is not None:
             splits["eval"] = cfg.data.eval

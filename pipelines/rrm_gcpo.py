@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import to_dict
 from edit_rlhf.faults import maybe_fail
 
 CORE = "edit_rlhf.rrm_train.gcpo_learner:GCPOLearner"
@@ -77,7 +77,7 @@ class RRMGCPOTrainer:
         import ray
 
         from edit_rlhf.actors.rrm_rollout import RRMRolloutWorker
-        from edit_rlhf.checkpoint import Checkpoints, load_state
+        from edit_rlhf.checkpoint import Checkpoints
         from edit_rlhf.cluster.pools import ActorPool, LearnerGroup, init_ray
         from edit_rlhf.config import ConfigError
         from edit_rlhf.rrm.prompt import RRMPrompt
@@ -95,16 +95,12 @@ class RRMGCPOTrainer:
         self.prompt = RRMPrompt.from_path(cfg.model.path, cfg.prompt.style, cfg.prompt.system)
         self.sampler = PairSampler(len(self.train), cfg.seed)
         self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir = self.ckpt.resolve(cfg.resume) if cfg.resume else None
-        state = load_state(resume_dir) if resume_dir else None
+        resume_dir, state = self.ckpt.resume_state(cfg.resume)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
-        self.tracker = Tracker.from_config(cfg.tracking, default_name="rrm-gcpo",
-                               run_id=state["mlflow_run_id"] if state else None,
-                               tags={"pipeline": "rrm-gcpo", "model": cfg.model.path})
+        self.tracker = Tracker.for_run(cfg, state, {"pipeline": "rrm-gcpo", "model": cfg.model.path},
+                                       default_name="rrm-gcpo")
         if state is None:
-            self.tracker.log_params(flatten(to_dict(cfg)))
-            self.tracker.log_dict(to_dict(cfg), "config.json")
             self.tracker.set_tags({"train_pairs": len(self.train), "ties_dropped": self.train.stats["ties_dropped"]})
         env = cfg.cluster.runtime_env()
         ecfg = cfg.rollout.engine

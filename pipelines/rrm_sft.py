@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import to_dict
 
 CORE = "edit_rlhf.rrm_train.sft_learner:RRMSFTLearner"
 
@@ -81,7 +81,7 @@ class RRMSFTTrainer:
     def setup(self) -> None:
         import ray
 
-        from edit_rlhf.checkpoint import Checkpoints, load_state
+        from edit_rlhf.checkpoint import Checkpoints
         from edit_rlhf.cluster.pools import LearnerGroup, init_ray
         from edit_rlhf.tracking import Tracker
 
@@ -90,16 +90,11 @@ class RRMSFTTrainer:
         absolutize(cfg)
         check_inputs(cfg)
         self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir = self.ckpt.resolve(cfg.resume) if cfg.resume else None
-        state = load_state(resume_dir) if resume_dir else None
+        resume_dir, state = self.ckpt.resume_state(cfg.resume)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
-        self.tracker = Tracker.from_config(cfg.tracking, default_name="rrm-sft",
-                               run_id=state["mlflow_run_id"] if state else None,
-                               tags={"pipeline": "rrm-sft", "model": cfg.model.path, "mode": cfg.model.mode})
-        if state is None:
-            self.tracker.log_params(flatten(to_dict(cfg)))
-            self.tracker.log_dict(to_dict(cfg), "config.json")
+        self.tracker = Tracker.for_run(cfg, state, {"pipeline": "rrm-sft", "model": cfg.model.path,
+                                                    "mode": cfg.model.mode}, default_name="rrm-sft")
         self.learner = LearnerGroup("rrm_sft", CORE, cfg, cfg.learner, cfg.cluster.torch_threads,
                                     runtime_env=cfg.cluster.runtime_env())
         self.info = self.learner.infos
