@@ -173,7 +173,14 @@ class ActorPool:
         self.cfg.size = self.size
         return added
 
-    def shutdown(self) -> None:
+    def shutdown(self, release: bool = False) -> None:
+        """Kill the actors and free the placement groups; `release` first asks each actor to release what it
+        hosts (its `shutdown()`, e.g. a vLLM engine), waiting at most a minute."""
+        if release and self.actors:
+            try:
+                ray.get([a.shutdown.remote() for a in self.actors], timeout=60)
+            except Exception:
+                pass
         for a in self.actors:
             try:
                 ray.kill(a, no_restart=True)
@@ -215,6 +222,18 @@ class LearnerGroup(ActorPool):
 
     def broadcast(self, method: str, *args) -> list:
         return ray.get([a.call.remote(method, *args) for a in self.actors])
+
+
+def close_run(status: str, pools=(), tracker=None, started_ray: bool = False, release=()) -> None:
+    """End a pipeline run: stop its pools (those named in `release` release their engines first), mark its
+    MLflow run `status`, and stop Ray if the run started it. Pools may be None (set-up failed early)."""
+    for name, pool in pools:
+        if pool is not None:
+            pool.shutdown(release=name in release)
+    if tracker is not None:
+        tracker.finish(status)
+    if started_ray and ray.is_initialized():
+        ray.shutdown()
 
 
 def free_port() -> int:

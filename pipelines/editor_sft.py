@@ -182,14 +182,10 @@ class EditorSFTTrainer:
         return s
 
     def shutdown(self, status: str) -> None:
-        import ray
+        from edit_rlhf.cluster.pools import close_run
 
-        if getattr(self, "learner", None) is not None:
-            self.learner.shutdown()
-        if getattr(self, "tracker", None) is not None:
-            self.tracker.finish(status)
-        if getattr(self, "started_ray", False) and ray.is_initialized():
-            ray.shutdown()
+        close_run(status, [("learner", getattr(self, "learner", None))], getattr(self, "tracker", None),
+                  getattr(self, "started_ray", False))
 
 
 def summary_line(s: Dict[str, Any]) -> str:

@@ -422,19 +422,10 @@ class EditorEvaluation:
         return jsonable(s)
 
     def shutdown(self, status: str = "FINISHED") -> None:
-        import ray
+        from edit_rlhf.cluster.pools import close_run
 
-        for name, pool in self.pools.items():
-            if name != "rollout":
-                try:
-                    ray.get([a.shutdown.remote() for a in pool.actors], timeout=60)
-                except Exception:
-                    pass
-            pool.shutdown()
-        if self.tracker is not None and self.own_tracker:
-            self.tracker.finish(status)
-        if getattr(self, "started_ray", False) and ray.is_initialized():
-            ray.shutdown()
+        close_run(status, list(self.pools.items()), self.tracker if self.own_tracker else None,
+                  getattr(self, "started_ray", False), release=[n for n in self.pools if n != "rollout"])
 
 
 def run_eval_editor(cfg, quiet: bool = False, tracker=None) -> Dict[str, Any]:

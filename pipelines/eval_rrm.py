@@ -20,7 +20,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
     import ray
 
     from edit_rlhf.actors.rrm_rollout import RRMRolloutWorker
-    from edit_rlhf.cluster.pools import ActorPool, init_ray
+    from edit_rlhf.cluster.pools import ActorPool, close_run, init_ray
     from edit_rlhf.config import ConfigError
     from edit_rlhf.rrm.prompt import RRMPrompt
     from edit_rlhf.rrm_train.data import load_preferences
@@ -64,15 +64,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
         print(summary_line(out), flush=True)
         return out
     finally:
-        if pool is not None:
-            try:
-                ray.get([a.shutdown.remote() for a in pool.actors], timeout=60)
-            except Exception:
-                pass
-            pool.shutdown()
-        tracker.finish(status)
-        if started and ray.is_initialized():
-            ray.shutdown()
+        close_run(status, [("rrm_eval", pool)], tracker, started, release=("rrm_eval",))
 
 
 def summary_line(out: Dict[str, Any]) -> str:

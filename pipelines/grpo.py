@@ -466,16 +466,10 @@ class GRPOTrainer:
         return s
 
     def shutdown(self, status: str = "FINISHED") -> None:
-        import ray
+        from edit_rlhf.cluster.pools import close_run
 
-        for pool in ("rollout", "reward", "learner"):
-            p = getattr(self, pool, None)
-            if p is not None:
-                p.shutdown()
-        if getattr(self, "tracker", None) is not None:
-            self.tracker.finish(status)
-        if getattr(self, "started_ray", False) and ray.is_initialized():
-            ray.shutdown()
+        close_run(status, [(p, getattr(self, p, None)) for p in ("rollout", "reward", "learner")],
+                  getattr(self, "tracker", None), getattr(self, "started_ray", False))
 
 
 def summary_line(s: Dict[str, Any]) -> str:

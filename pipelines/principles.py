@@ -155,12 +155,7 @@ def vlm_stage(ds, n: int, cfg, rules: PrincipleRules, quiet: bool = True) -> Lis
         ask_with_retries(results, ask, rules, cfg.max_attempts, on_valid=lambda: bar.update(1))
         bar.close()
     finally:
-        for a in pool.actors:
-            try:
-                a.shutdown.remote()
-            except Exception:
-                pass
-        pool.shutdown()
+        pool.shutdown(release=True)
     return results
 
 

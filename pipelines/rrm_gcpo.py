@@ -367,21 +367,10 @@ class RRMGCPOTrainer:
         return s
 
     def shutdown(self, status: str = "FINISHED") -> None:
-        import ray
+        from edit_rlhf.cluster.pools import close_run
 
-        pool = getattr(self, "rollout", None)
-        if pool is not None:
-            try:
-                ray.get([a.shutdown.remote() for a in pool.actors], timeout=60)
-            except Exception:
-                pass
-            pool.shutdown()
-        if getattr(self, "learner", None) is not None:
-            self.learner.shutdown()
-        if getattr(self, "tracker", None) is not None:
-            self.tracker.finish(status)
-        if getattr(self, "started_ray", False) and ray.is_initialized():
-            ray.shutdown()
+        close_run(status, [(p, getattr(self, p, None)) for p in ("rollout", "learner")],
+                  getattr(self, "tracker", None), getattr(self, "started_ray", False), release=("rollout",))
 
 
 def summary_line(s: Dict[str, Any]) -> str:
