@@ -28,6 +28,20 @@ def correct(scores):
     return [s[0] is not None and s[1] is not None and s[0] > s[1] for s in scores]
 
 
+def paired_with_ties(before, after) -> dict:
+    """Per-pair change of the with-ties credit (win 1, tie 1/2, loss or unscored 0) between two evaluations of
+    the same pairs: mean change and its paired z (mean / standard error)."""
+    from edit_rlhf.rrm_train.metrics import pair_outcome
+
+    credit = {"win": 1.0, "tie": 0.5, "loss": 0.0, "unscored": 0.0}
+    d = [credit[pair_outcome(*g)] - credit[pair_outcome(*s)] for s, g in zip(before, after)]
+    n = len(d)
+    mean = sum(d) / n if n else 0.0
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return {"pairs": n, "mean_change": mean, "up": sum(x > 0 for x in d), "down": sum(x < 0 for x in d),
+            "z": mean / math.sqrt(var / n) if var > 0 else 0.0}
+
+
 def run(cfg) -> dict:
     from edit_rlhf.pipelines.rrm_gcpo import RRMGCPOTrainer
 
@@ -100,6 +114,7 @@ def main(argv=None) -> dict:
         "chance_with_ties": 0.5,
         "pairs_fixed": fixed, "pairs_broken": broken,
         "sign_test_z": (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0,
+        "with_ties_paired": paired_with_ties(tr["eval_scores"][0]["scores"], tr["eval_scores"][-1]["scores"]),
         "eval_curve": [(e["step"], round(e["eval/accuracy"], 4), round(e["eval/accuracy_with_ties"], 4))
                        for e in tr["evals"]],
         "zero_advantage_group_fraction": tr.get("zero_group_fraction"),
@@ -128,6 +143,8 @@ def main(argv=None) -> dict:
             "chance_strict_sft": first.get(f"eval/avg{k}/chance_strict"),
             "pairs_fixed": fx, "pairs_broken": br,
             "sign_test_z": (fx - br) / math.sqrt(fx + br) if fx + br else 0.0,
+            "with_ties_paired": paired_with_ties(tr["eval_scores"][0]["scores_avg"],
+                                                 tr["eval_scores"][-1]["scores_avg"]),
             "curve": [(e["step"], round(e[f"eval/avg{k}/accuracy"], 4)) for e in tr["evals"]]}
     report["category_sft"] = {k.split("/")[-1]: round(v, 3) for k, v in first.items() if k.startswith("eval/category/")}
     report["category_gcpo"] = {k.split("/")[-1]: round(v, 3) for k, v in last.items() if k.startswith("eval/category/")}
@@ -140,7 +157,8 @@ def main(argv=None) -> dict:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)) or ".", exist_ok=True)
         full = dict(report, curves={k: [m.get(k) for m in h] for k in (
             "adv/zero_group_fraction", "adv/weighted", "trace/length_mean", "trace/parse_failure_rate",
-            "score/winner_minus_loser", "pairs/sample_accuracy", "train/loss", "time/sync_s", "time/step_s")})
+            "score/winner_minus_loser", "pairs/sample_accuracy", "train/loss", "time/sync_s", "time/step_s")},
+                    eval_scores=tr["eval_scores"])
         with open(a.out, "w") as f:
             json.dump(full, f, indent=2, default=str)
     return report

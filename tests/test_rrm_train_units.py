@@ -312,3 +312,23 @@ def test_sft_example_is_the_inference_prompt_plus_the_trace_with_loss_on_the_tra
     tok = prompt.processor.tokenizer
     answer = tok.decode(labels[labels != IGNORE].tolist())
     assert answer == r["trace_text"] + "<|im_end|>"
+
+
+# ------------------------------------------------------------------------------------------------ benchmark stats
+def test_paired_with_ties_change_counts_ties_half_and_unscored_as_losses():
+    import os
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from learn_rrm_gcpo import paired_with_ties
+
+    before = [(5.0, 3.0), (2.0, 2.0), (1.0, 4.0), (None, 3.0)]   # win, tie, loss, unscored: 1, 1/2, 0, 0
+    after = [(5.0, 3.0), (3.0, 2.0), (2.0, 2.0), (4.0, 3.0)]     # 1, 1, 1/2, 1
+    r = paired_with_ties(before, after)
+    assert r["pairs"] == 4 and r["up"] == 3 and r["down"] == 0
+    assert r["mean_change"] == pytest.approx(0.5)
+    assert r["z"] == pytest.approx(0.5 / (math.sqrt(1 / 6) / 2))   # mean / (sd / sqrt(n)), sd of (0, .5, .5, 1)
+    same = paired_with_ties(before, before)
+    assert same["mean_change"] == 0.0 and same["z"] == 0.0 and same["up"] == same["down"] == 0
