@@ -28,18 +28,27 @@ def correct(scores):
     return [s[0] is not None and s[1] is not None and s[0] > s[1] for s in scores]
 
 
+def strict_change(before, after) -> dict:
+    """Pairs the strict verdict fixed and broke between two evaluations of the same pairs, with the sign-test z."""
+    b, a = correct(before), correct(after)
+    fixed = sum(y and not x for x, y in zip(b, a))
+    broken = sum(x and not y for x, y in zip(b, a))
+    return {"pairs_fixed": fixed, "pairs_broken": broken,
+            "sign_test_z": (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0}
+
+
 def paired_with_ties(before, after) -> dict:
     """Per-pair change of the with-ties credit (win 1, tie 1/2, loss or unscored 0) between two evaluations of
     the same pairs: mean change and its paired z (mean / standard error)."""
     from edit_rlhf.rrm_train.metrics import pair_outcome
+    from edit_rlhf.stats import paired_difference
 
     credit = {"win": 1.0, "tie": 0.5, "loss": 0.0, "unscored": 0.0}
-    d = [credit[pair_outcome(*g)] - credit[pair_outcome(*s)] for s, g in zip(before, after)]
-    n = len(d)
-    mean = sum(d) / n if n else 0.0
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    return {"pairs": n, "mean_change": mean, "up": sum(x > 0 for x in d), "down": sum(x < 0 for x in d),
-            "z": mean / math.sqrt(var / n) if var > 0 else 0.0}
+    cb = [credit[pair_outcome(*x)] for x in before]
+    ca = [credit[pair_outcome(*x)] for x in after]
+    p = paired_difference(ca, cb, frac=1.0)
+    return {"pairs": len(ca), "mean_change": p["diff"], "up": sum(y > x for x, y in zip(cb, ca)),
+            "down": sum(y < x for x, y in zip(cb, ca)), "z": p["z"]}
 
 
 def run(cfg) -> dict:
@@ -85,9 +94,6 @@ def main(argv=None) -> dict:
     cfg = load_config(RRMGCPOConfig, a.config, base)
     tr = runs["treatment"]
     first, last = tr["evals"][0], tr["evals"][-1]
-    sft_ok, gcpo_ok = correct(tr["eval_scores"][0]["scores"]), correct(tr["eval_scores"][-1]["scores"])
-    fixed = sum(g and not s for s, g in zip(sft_ok, gcpo_ok))
-    broken = sum(s and not g for s, g in zip(sft_ok, gcpo_ok))
     h = tr["history"]
 
     def w(key):
@@ -112,8 +118,7 @@ def main(argv=None) -> dict:
         "sft_tie_rate": first["eval/tie_rate"], "gcpo_tie_rate": last["eval/tie_rate"],
         "chance_strict_sft": first.get("eval/chance_strict"), "chance_strict_gcpo": last.get("eval/chance_strict"),
         "chance_with_ties": 0.5,
-        "pairs_fixed": fixed, "pairs_broken": broken,
-        "sign_test_z": (fixed - broken) / math.sqrt(fixed + broken) if fixed + broken else 0.0,
+        **strict_change(tr["eval_scores"][0]["scores"], tr["eval_scores"][-1]["scores"]),
         "with_ties_paired": paired_with_ties(tr["eval_scores"][0]["scores"], tr["eval_scores"][-1]["scores"]),
         "eval_curve": [(e["step"], round(e["eval/accuracy"], 4), round(e["eval/accuracy_with_ties"], 4))
                        for e in tr["evals"]],
@@ -130,8 +135,6 @@ def main(argv=None) -> dict:
     report["accuracy_gain"] = report["gcpo_pairwise_accuracy"] - report["sft_pairwise_accuracy"]
     k = cfg.eval.avg_k
     if k and f"eval/avg{k}/accuracy" in first:  # Avg@k (same per-pair seeds at both evaluations)
-        sa, ga = correct(tr["eval_scores"][0]["scores_avg"]), correct(tr["eval_scores"][-1]["scores_avg"])
-        fx, br = sum(g and not s for s, g in zip(sa, ga)), sum(s and not g for s, g in zip(sa, ga))
         report[f"avg{k}"] = {
             "temperature": cfg.eval.avg_temperature,
             "sft_pairwise_accuracy": first[f"eval/avg{k}/accuracy"],
@@ -141,8 +144,7 @@ def main(argv=None) -> dict:
             "sft_parse_rate": first[f"eval/avg{k}/parse_rate"], "gcpo_parse_rate": last[f"eval/avg{k}/parse_rate"],
             "sft_tie_rate": first[f"eval/avg{k}/tie_rate"], "gcpo_tie_rate": last[f"eval/avg{k}/tie_rate"],
             "chance_strict_sft": first.get(f"eval/avg{k}/chance_strict"),
-            "pairs_fixed": fx, "pairs_broken": br,
-            "sign_test_z": (fx - br) / math.sqrt(fx + br) if fx + br else 0.0,
+            **strict_change(tr["eval_scores"][0]["scores_avg"], tr["eval_scores"][-1]["scores_avg"]),
             "with_ties_paired": paired_with_ties(tr["eval_scores"][0]["scores_avg"],
                                                  tr["eval_scores"][-1]["scores_avg"]),
             "curve": [(e["step"], round(e[f"eval/avg{k}/accuracy"], 4)) for e in tr["evals"]]}
