@@ -28,16 +28,65 @@ def bundle_of(pool_cfg) -> Dict[str, float]:
     return b or {"CPU": 0.01}  # Ray rejects empty bundles
 
 
-def make_placement_group(name: str, pool_cfg, n: int, timeout_s: float = 120.0):
-    """Reserve n bundles for a pool, or fail naming what is missing."""
+DEFAULT_PLACEMENT_TIMEOUT_S = 1800.0  # an autoscaling cluster takes minutes to bring up GPU nodes
+
+
+def make_placement_group(name: str, pool_cfg, n: int, timeout_s: Optional[float] = None, report_every_s: float = 60.0):
+    """Reserve n bundles for a pool, or fail naming what is missing. Waits `timeout_s` (default: the pool's
+    `placement_timeout_s`), saying every `report_every_s` what it still waits for."""
+    if timeout_s is None:
+        timeout_s = float(getattr(pool_cfg, "placement_timeout_s", DEFAULT_PLACEMENT_TIMEOUT_S))
     bundles = [bundle_of(pool_cfg) for _ in range(n)]
     pg = placement_group(bundles, strategy=pool_cfg.strategy, name=f"edit_rlhf-{name}")
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    t0 = time.time()
+    ready: list = []
+    while not ready:
+        left = timeout_s - (time.time() - t0)
+        if left <= 0:
+            break
+        ready, _ = ray.wait([pg.ready()], timeout=min(left, report_every_s))
+        if not ready and time.time() - t0 < timeout_s:
+            print(f"[pool] '{name}': waiting for {n} bundle(s) of {bundles[0]} ({time.time() - t0:.0f}s of "
+                  f"{timeout_s:.0f}s; available: {ray.available_resources()})", flush=True)
     if not ready:
         remove_placement_group(pg)
         raise PoolError(f"pool '{name}': could not reserve {n} bundle(s) of {bundles[0]} within "
-                        f"{timeout_s:.0f}s; cluster resources available: {ray.available_resources()}")
+                        f"{timeout_s:.0f}s (placement_timeout_s); cluster resources available: "
+                        f"{ray.available_resources()}")
     return pg
+
+
+class WorkClock:
+    """When each request on each actor started *work*, for per-request timeouts.
+
+    Ray runs a plain actor's calls from one caller one at a time, in submission order, so a request starts
+    when the one before it on the same actor finishes (or when it is submitted, if the actor is idle). A
+    timeout measured from submission would count the queue, failing requests that waited behind others on a
+    busy actor; `running_for` counts only the request's own work."""
+
+    def __init__(self) -> None:
+        self.queues: Dict[int, List[Any]] = {}
+        self.since: Dict[Any, float] = {}
+
+    def submit(self, actor: int, key: Any, now: Optional[float] = None) -> None:
+        q = self.queues.setdefault(actor, [])
+        q.append(key)
+        if len(q) == 1:
+            self.since[key] = time.time() if now is None else now
+
+    def done(self, actor: int, key: Any, now: Optional[float] = None) -> None:
+        """`key` finished, failed or was cancelled: the next request on the actor starts now."""
+        q = self.queues.get(actor, [])
+        if key in q:
+            q.remove(key)
+        self.since.pop(key, None)
+        if q and q[0] not in self.since:
+            self.since[q[0]] = time.time() if now is None else now
+
+    def running_for(self, key: Any, now: Optional[float] = None) -> Optional[float]:
+        """Seconds `key` has been worked on; None while it is still queued behind others."""
+        s = self.since.get(key)
+        return None if s is None else (time.time() if now is None else now) - s
 
 
 class ActorPool:
@@ -55,6 +104,7 @@ class ActorPool:
         self.inflight = [0] * pool_cfg.size
         self.served = [0] * pool_cfg.size
         self.dead: set = set()  # actors that died (RayActorError) and are not given work until they answer again
+        self.clock = WorkClock()  # when each keyed request started work (per-request timeouts)
 
     def _spawn(self, i: int):
         pg, bundle = self.slots[i]
@@ -97,13 +147,22 @@ class ActorPool:
         cands = [i for i in live if not exclude or i not in exclude] or live
         return min(cands, key=lambda i: (self.inflight[i], self.served[i], i))
 
-    def started(self, i: int) -> None:
+    def started(self, i: int, key: Any = None) -> None:
+        """A request was submitted to actor i; with `key` (e.g. its object ref) its work time is tracked."""
         self.inflight[i] += 1
+        if key is not None:
+            self.clock.submit(i, key)
 
-    def finished(self, i: int, ok: bool = True) -> None:
+    def finished(self, i: int, ok: bool = True, key: Any = None) -> None:
         self.inflight[i] -= 1
         if ok:
             self.served[i] += 1
+        if key is not None:
+            self.clock.done(i, key)
+
+    def running_for(self, key: Any) -> Optional[float]:
+        """Seconds the request `key` has been worked on (None while queued behind others on its actor)."""
+        return self.clock.running_for(key)
 
     def call_all(self, method: str, *args, **kwargs) -> list:
         return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]

@@ -15,16 +15,24 @@ from edit_rlhf.runtime import resolve_device
 def init_process_group(rank: int, world: int, master_addr: str, master_port: int, device: str = "auto",
                        backend: str = "auto") -> torch.device:
     """Join the learner group (DeepSpeed's comm layer over torch.distributed). Returns this rank's device."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world), MASTER_ADDR=master_addr,
-                      MASTER_PORT=str(master_port))
+    dev = bind_device(device)
+    # DeepSpeed places the engine on `cuda:LOCAL_RANK`: it must name the device chosen above
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(dev.index or 0), WORLD_SIZE=str(world),
+                      MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
     import deepspeed
 
-    dev = resolve_device(device)
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
-    if dev.type == "cuda":  # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES: local device 0
-        torch.cuda.set_device(dev)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dev
+
+
+def bind_device(device: str = "auto") -> torch.device:
+    """This rank's device (`resolve_device`: the Ray-assigned GPU or LOCAL_RANK, always with an index on CUDA),
+    made the current CUDA device."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     return dev
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 _DONE = False
 
@@ -73,12 +73,60 @@ def setup_process(torch_threads: Optional[int] = 1, quiet: bool = True) -> None:
     _DONE = True
 
 
+def cuda_index(ray_gpu_ids: Sequence, visible_devices: Optional[str], local_rank: Optional[str],
+               device_count: int) -> int:
+    """The CUDA device index (as torch numbers the devices this process sees) that this process should use.
+
+    - A Ray actor with GPUs (`ray_gpu_ids` = `ray.get_gpu_ids()`): Ray sets CUDA_VISIBLE_DEVICES to the ids it
+      assigned, so the first assigned id is at its position in that list (0 for a 1-GPU actor). With
+      RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES (every GPU visible) the id is the index itself.
+    - A process started by torchrun / the deepspeed launcher: LOCAL_RANK.
+    - Otherwise device 0.
+    Raises ValueError naming the numbers when the choice is not a visible device."""
+    if device_count < 1:
+        raise ValueError(f"CUDA requested but no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible_devices!r})")
+    if ray_gpu_ids:
+        gid = str(ray_gpu_ids[0]).strip()
+        visible = [v.strip() for v in visible_devices.split(",")] if visible_devices else []
+        if gid in visible:
+            idx = visible.index(gid)
+        else:
+            try:
+                idx = int(gid)
+            except ValueError:
+                raise ValueError(f"Ray assigned GPU {gid!r}, which is not in CUDA_VISIBLE_DEVICES="
+                                 f"{visible_devices!r}") from None
+        where = f"Ray-assigned GPU {gid} (CUDA_VISIBLE_DEVICES={visible_devices!r})"
+    elif local_rank not in (None, ""):
+        idx, where = int(local_rank), f"LOCAL_RANK={local_rank}"
+    else:
+        idx, where = 0, "default"
+    if not 0 <= idx < device_count:
+        raise ValueError(f"CUDA device index {idx} from {where} is not one of the {device_count} visible device(s)")
+    return idx
+
+
+def ray_gpu_ids() -> list:
+    """GPU ids Ray assigned to this worker ([] outside a Ray worker or without GPUs)."""
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # not a Ray worker / Ray not installed
+        return []
+
+
 def resolve_device(spec: str = "auto"):
-    """'auto' -> cuda when available, else cpu. Never hard-codes a device."""
+    """'auto' -> this process's CUDA device when CUDA is available, else cpu; 'cuda' -> this process's CUDA
+    device (see `cuda_index`); 'cuda:N' / 'cpu' as given. A CUDA device always carries an index:
+    `torch.cuda.set_device` rejects `torch.device("cuda")`. Never hard-codes a device."""
     import torch
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if spec in ("auto", "cuda"):
+        return torch.device("cuda", cuda_index(ray_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                               os.environ.get("LOCAL_RANK"), torch.cuda.device_count()))
     return torch.device(spec)
 
 

@@ -220,14 +220,14 @@ class EditorEvaluation:
         def submit_score(job, kind, tried=frozenset(), tries=0):
             pool = self.pools[kind]
             i = pool.pick(set(tried))
-            pool.started(i)
             ref = pool.actors[i].score.remote("eval", job["indices"], job["refs"][1])
-            score_pending[ref] = (job, kind, i, set(tried) | {i}, tries + 1, time.time())
+            pool.started(i, ref)  # its timeout clock starts when the actor gets to it
+            score_pending[ref] = (job, kind, i, set(tried) | {i}, tries + 1)
             self.counters["score_calls"] += 1
 
-        def score_failed(job, kind, i, tried, tries, why):
+        def score_failed(job, kind, i, tried, tries, why, ref):
             pool = self.pools[kind]
-            pool.finished(i, ok=False)
+            pool.finished(i, ok=False, key=ref)
             if tries <= cfg.max_retries and pool.alive():
                 self.counters["score_retries"] += 1
                 submit_score(job, kind, tried, tries)
@@ -266,24 +266,24 @@ class EditorEvaluation:
                     for kind, _ in self.kinds:
                         submit_score(job, kind)
                 else:
-                    job, kind, i, tried, tries, _ = score_pending.pop(ref)
+                    job, kind, i, tried, tries = score_pending.pop(ref)
                     try:
                         out = ray.get(ref)
                     except ray.exceptions.RayError as e:
                         if isinstance(e, ray.exceptions.RayActorError):
                             self.pools[kind].mark_dead(i)
-                        score_failed(job, kind, i, tried, tries, f"{type(e).__name__}: {e}")
+                        score_failed(job, kind, i, tried, tries, f"{type(e).__name__}: {e}", ref)
                         continue
-                    self.pools[kind].finished(i, ok=True)
+                    self.pools[kind].finished(i, ok=True, key=ref)
                     job["results"][kind] = out["results"]
                     bar.update(1)
                     self._chunk_done(job)
-            now = time.time()
-            for ref, (job, kind, i, tried, tries, t_start) in list(score_pending.items()):
-                if now - t_start > cfg.timeout_s:
+            for ref, (job, kind, i, tried, tries) in list(score_pending.items()):  # from the start of its work
+                busy = self.pools[kind].running_for(ref)
+                if busy is not None and busy > cfg.timeout_s:
                     score_pending.pop(ref)
                     ray.cancel(ref, force=False)
-                    score_failed(job, kind, i, tried, tries, f"timed out after {cfg.timeout_s:.0f}s")
+                    score_failed(job, kind, i, tried, tries, f"timed out after {cfg.timeout_s:.0f}s", ref)
         bar.close()
         self.timing["generate_and_score_s"] = time.time() - t0
 

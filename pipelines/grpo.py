@@ -73,6 +73,8 @@ def absolutize(cfg) -> None:
     cfg.tracking.dir = os.path.abspath(cfg.tracking.dir)
     if cfg.reward.rrm.path:
         cfg.reward.rrm.path = os.path.abspath(cfg.reward.rrm.path)
+    if cfg.monitor.pq.path:
+        cfg.monitor.pq.path = os.path.abspath(cfg.monitor.pq.path)
 
 
 class GRPOTrainer:
@@ -111,9 +113,16 @@ class GRPOTrainer:
         self.eval_ds = (EditPromptDataset(cfg.data.eval, require=need, validate=cfg.data.validate)
                         if cfg.data.eval else None)
         self.sampler = PromptSampler(len(self.train_ds), cfg.seed)
+        from edit_rlhf.grpo.monitor import loud, resolve_judge
+
+        self.judge_mode, no_judge = resolve_judge(cfg.monitor.judge, "oracle" in self.train_ds.ds.column_names,
+                                                  cfg.monitor.pq.path)
+        if no_judge:
+            print(loud(no_judge), flush=True)
         self.started_ray = not ray.is_initialized()
         self.ray_info = init_ray(cfg.cluster)
         self.tracker = Tracker.for_run(cfg, state, {"pipeline": "grpo", "editor": cfg.editor.path})
+        self.tracker.set_tags({"monitor_judge": self.judge_mode, **({"monitor_warning": no_judge} if no_judge else {})})
         splits = {"train": cfg.data.train}
         if self.eval_ds is not None:
             splits["eval"] = cfg.data.eval
@@ -125,9 +134,18 @@ class GRPOTrainer:
                                 runtime_env=env)
         self.learner = LearnerGroup("learner", "edit_rlhf.grpo.learner:GRPOLearner", cfg, cfg.learner,
                                     cfg.cluster.torch_threads, runtime_env=env)
+        self.monitor_pool = None
+        if self.judge_mode == "pq":  # the monitor's own judge: VIEScore PQ of the edits (real data)
+            from edit_rlhf.actors.evaluation import EvalScorerWorker
+
+            self.monitor_pool = ActorPool("monitor", EvalScorerWorker, cfg.monitor.pool,
+                                          lambda i: ("pq", cfg.monitor.pq, {"train": cfg.data.train}, f"monitor-{i}",
+                                                     cfg.cluster.torch_threads), runtime_env=env)
         self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
         self.reward_info = self.reward.wait_ready()
+        if self.monitor_pool is not None:
+            self.monitor_pool.wait_ready()
         if state is not None:
             self._restore(resume_dir, state)
         self.setup_seconds = time.time() - t0
@@ -208,6 +226,7 @@ class GRPOTrainer:
         if st.stale_actors:
             self._sync_weights(only=sorted(st.stale_actors))
             self.counters["actor_resyncs"] += len(st.stale_actors)
+        judging = self._submit_judge(jobs)  # the PQ judge (if any) works while the learner trains
         rewards = np.array([j.score["rewards"] for j in jobs], dtype=np.float64)  # (P, G)
         keys = [(j.meta["prompt_id"], j.meta["instruction"]) for j in jobs for _ in range(a.group_size)]
         adv = group_advantages(rewards.reshape(-1), keys, a.std_eps, a.adv_clip_max, a.global_std).numpy()
@@ -231,7 +250,7 @@ class GRPOTrainer:
             self.counters[k] += getattr(st, k.replace("generate_", "gen_"))
         m = self._step_metrics(jobs, rewards, adv, lm, st, step_s, t_sync - t_learn, sync_s)
         m.update(pool_m)
-        m.update(self._monitor(step, jobs, rewards))
+        m.update(self._monitor(step, jobs, rewards, judging))
         if step % cfg.tracking.log_images_every == 0 or step == cfg.steps:
             self._log_grid(step, jobs)
         self.tracker.log_metrics(m, step)
@@ -239,16 +258,47 @@ class GRPOTrainer:
         self.history.append(m)
         return m
 
-    def _monitor(self, step: int, jobs: List[Job], rewards: np.ndarray) -> Dict[str, float]:
-        """Reward vs the independent judge (the sandbox oracle): correlation, trend divergence, warning."""
-        if self.cfg.monitor.judge == "none":
+    def _submit_judge(self, jobs: List[Job]) -> list:
+        """PQ judge calls for the edits of this step's first `monitor.groups_per_step` groups (all when 0)."""
+        if self.monitor_pool is None:
+            return []
+        k = self.cfg.monitor.groups_per_step or len(jobs)
+        pool = self.monitor_pool
+        out = []
+        for n, j in enumerate(jobs[:k]):
+            i = pool.alive()[n % len(pool.alive())]
+            out.append(pool.actors[i].score.remote("train", [j.index] * j.meta["n"], j.refs[1]))
+        return out
+
+    def _judge_scores(self, jobs: List[Job], judging: list) -> np.ndarray:
+        """(groups judged, G) judge scores; NaN where the judge failed (the monitor skips those)."""
+        import ray
+
+        if self.judge_mode == "oracle":
+            g = self.cfg.algo.group_size
+            return np.array([j.score.get("oracle_scores") or [math.nan] * g for j in jobs], dtype=np.float64)
+        rows = []
+        ready, _ = ray.wait(judging, num_returns=len(judging), timeout=self.cfg.monitor.timeout_s)
+        for ref, j in zip(judging, jobs):
+            try:
+                res = ray.get(ref) if ref in ready else None
+            except ray.exceptions.RayError:
+                res = None
+            rows.append([r.reward for r in res["results"]] if res else [math.nan] * j.meta["n"])
+            if ref not in ready:
+                ray.cancel(ref, force=False)
+        return np.array(rows, dtype=np.float64)
+
+    def _monitor(self, step: int, jobs: List[Job], rewards: np.ndarray, judging: list) -> Dict[str, float]:
+        """Reward vs the independent judge (sandbox oracle or PQ judge): correlation, trend divergence, warning."""
+        if self.judge_mode == "none":
             return {}
-        judge = [j.score.get("oracle_scores") for j in jobs]
-        if any(o is None for o in judge):
-            if self.cfg.monitor.judge == "oracle":
-                raise ValueError("monitor.judge=oracle: the dataset has no oracle records (use auto or none)")
-            return {}
-        m = self.monitor.update(rewards.reshape(-1), np.asarray(judge, dtype=np.float64).reshape(-1))
+        judge = self._judge_scores(jobs, judging)
+        m = self.monitor.update(rewards[: len(judge)].reshape(-1), judge.reshape(-1))
+        if self.judge_mode == "pq":
+            m["monitor/judge_mean"] = float(np.nanmean(judge)) if np.isfinite(judge).any() else math.nan
+            m["monitor/judge_failed"] = int((~np.isfinite(judge)).sum())
+            m = {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
         if m.get("monitor/warning"):
             msg = (f"reward-hacking warning at step {step}: the reward rose {m['monitor/divergence']:.2f} baseline "
                    f"std more than the judge (threshold {self.cfg.monitor.threshold})")
@@ -460,6 +510,7 @@ class GRPOTrainer:
                 s["oracle_first20"] = float(np.mean([m["reward/oracle_score"] for m in h[:k]]))
                 s["oracle_last20"] = float(np.mean([m["reward/oracle_score"] for m in h[-k:]]))
         s["hacking_warnings"] = self.monitor.warnings
+        s["monitor_judge"] = getattr(self, "judge_mode", None)
         if self.eval_history:
             s["eval_first"] = self.eval_history[0]
             s["eval_last"] = self.eval_history[-1]
@@ -468,8 +519,9 @@ class GRPOTrainer:
     def shutdown(self, status: str = "FINISHED") -> None:
         from edit_rlhf.cluster.pools import close_run
 
-        close_run(status, [(p, getattr(self, p, None)) for p in ("rollout", "reward", "learner")],
-                  getattr(self, "tracker", None), getattr(self, "started_ray", False))
+        close_run(status, [(p, getattr(self, p, None)) for p in ("rollout", "reward", "learner")]
+                  + [("monitor", getattr(self, "monitor_pool", None))],
+                  getattr(self, "tracker", None), getattr(self, "started_ray", False), release=("monitor",))
 
 
 def summary_line(s: Dict[str, Any]) -> str:

@@ -65,21 +65,21 @@ def dispatch(pool, requests: Sequence[Any], spec, batch_size: int, timeout_s: fl
         i = pool.pick(failed[c])
         if i in failed[c]:
             raise PoolError(f"pool '{pool.name}': chunk {c} failed on every live worker")
-        pool.started(i)
         ref = pool.actors[i].generate.remote([requests[k] for k in chunks[c]], spec)
-        pending[ref] = (c, i, time.time())
+        pool.started(i, ref)  # its timeout clock starts when the worker gets to it
+        pending[ref] = (c, i)
 
     for c in range(len(chunks)):
         submit(c)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
         for ref in ready:
-            c, i, _ = pending.pop(ref)
+            c, i = pending.pop(ref)
             try:
                 outs = ray.get(ref)
-                pool.finished(i, ok=True)
+                pool.finished(i, ok=True, key=ref)
             except ray.exceptions.RayError as e:
-                pool.finished(i, ok=False)
+                pool.finished(i, ok=False, key=ref)
                 if isinstance(e, ray.exceptions.RayActorError):
                     pool.mark_dead(i)
                 failed[c].add(i)
@@ -87,11 +87,12 @@ def dispatch(pool, requests: Sequence[Any], spec, batch_size: int, timeout_s: fl
                 continue
             for k, o in zip(chunks[c], outs):
                 texts[k] = o[0].text
-        for ref, (c, i, t0) in list(pending.items()):
-            if time.time() - t0 > timeout_s:
+        for ref, (c, i) in list(pending.items()):  # from the start of its work, not its submission
+            busy = pool.running_for(ref)
+            if busy is not None and busy > timeout_s:
                 pending.pop(ref)
                 ray.cancel(ref, force=False)
-                pool.finished(i, ok=False)
+                pool.finished(i, ok=False, key=ref)
                 failed[c].add(i)
                 submit(c)
     return texts

@@ -2,8 +2,9 @@
 
 Each job is one prompt: a generation call on the rollout pool returns object refs; as soon as one finishes
 its images' ref goes to the least-loaded reward worker (scoring overlaps generation). The driver touches only
-small metadata and the scores. A failed or timed-out call is resubmitted on another actor (bounded); a
-prompt whose scoring fails on every attempt gets NaN rewards (counted, excluded from advantages); a
+small metadata and the scores. A failed call, or one that works longer than `timeout_s` (measured from when
+its actor starts it, not from when it was queued behind others), is resubmitted on another actor (bounded);
+a prompt whose scoring fails on every attempt gets NaN rewards (counted, excluded from advantages); a
 generation that fails on every attempt stops the run with the prompt named.
 """
 from __future__ import annotations
@@ -35,7 +36,6 @@ class Job:
     score_ref: Any = None
     score_actor: int = -1
     score_attempts: int = 0
-    score_started: float = 0.0
     score: Optional[dict] = None
     failed_scorers: set = field(default_factory=set)
     failed_generators: set = field(default_factory=set)
@@ -80,9 +80,8 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
         i = reward.pick(job.failed_scorers)
         job.score_actor = i
         job.score_attempts += 1
-        job.score_started = time.time()
-        reward.started(i)
         job.score_ref = reward.actors[i].score.remote(job.split, job.index, job.refs[1])
+        reward.started(i, job.score_ref)  # its timeout clock starts when the actor gets to it
         score_pending[job.score_ref] = job
 
     for job in jobs:
@@ -125,20 +124,20 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                 job = score_pending.pop(ref)
                 try:
                     job.score = ray.get(ref)
-                    reward.finished(job.score_actor, ok=True)
+                    reward.finished(job.score_actor, ok=True, key=ref)
                     if on_event:
                         on_event("scored", job)
                 except ray.exceptions.RayError as e:
-                    reward.finished(job.score_actor, ok=False)
+                    reward.finished(job.score_actor, ok=False, key=ref)
                     if isinstance(e, ray.exceptions.RayActorError):
                         reward.mark_dead(job.score_actor)
                     _score_failed(job, f"{type(e).__name__}: {e}", reward, stats, max_retries, submit_score)
-        now = time.time()
-        for ref, job in list(score_pending.items()):  # per-request timeout
-            if now - job.score_started > timeout_s:
+        for ref, job in list(score_pending.items()):  # per-request timeout, from the start of its work
+            busy = reward.running_for(ref)
+            if busy is not None and busy > timeout_s:
                 score_pending.pop(ref)
                 ray.cancel(ref, force=False)
-                reward.finished(job.score_actor, ok=False)
+                reward.finished(job.score_actor, ok=False, key=ref)
                 _score_failed(job, f"timed out after {timeout_s:.0f}s", reward, stats, max_retries, submit_score)
     stats.tail_seconds = time.time() - t0 - stats.gen_seconds
     return stats

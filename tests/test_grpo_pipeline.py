@@ -62,14 +62,19 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
     assert np.abs(trained.astype(int) - base.astype(int)).max() > 0  # the LoRA changed the policy
 
 
-def test_two_of_each_pool_ratio_sync_and_versions(ray_cluster, grpo_cfg):
+def test_two_of_each_pool_ratio_sync_and_versions(ray_cluster, grpo_cfg, tiny_models):
     """2 rollout + 2 reward workers both serve; 2 learner ranks (ZeRO-2) keep ratio 1 on the first
-    minibatch; after an update and a sync the rollout output for a fixed seed changes and the version rises."""
+    minibatch; after an update and a sync the rollout output for a fixed seed changes and the version rises.
+    The hacking monitor's judge is the PQ judge on its own pool here (as on real data): it sees the edits of
+    the configured groups every step."""
     import ray
 
     from edit_rlhf.pipelines.grpo import GRPOTrainer
 
-    cfg = grpo_cfg("steps=3", "rollout.size=2", "reward.size=2", "learner.size=2", "algo.prompts_per_step=4")
+    cfg = grpo_cfg("steps=3", "rollout.size=2", "reward.size=2", "learner.size=2", "algo.prompts_per_step=4",
+                   "monitor.judge=pq", f"monitor.pq.path={tiny_models['rrm']}", "monitor.pq.backend=hf",
+                   "monitor.pq.prompt.style=compact", "monitor.pq.sampling.max_tokens=8",
+                   "monitor.pool.num_cpus=0.5", "monitor.groups_per_step=1")
     tr = GRPOTrainer(cfg, quiet=True)
     try:
         tr.setup()
@@ -91,6 +96,9 @@ def test_two_of_each_pool_ratio_sync_and_versions(ray_cluster, grpo_cfg):
             tr.step(step)
         assert min(tr.rollout.served) > 0 and min(tr.reward.served) > 0, (tr.rollout.served, tr.reward.served)
         assert tr.history[-1]["policy/rollout_version_lag"] == 0
+        assert tr.judge_mode == "pq" and "monitor/judge_failed" in tr.history[-1]
+        judged = ray.get(tr.monitor_pool.actors[0].info.remote())["scorer_info"]
+        assert judged["edits"] == judged["judgements"] == 3 * cfg.algo.group_size  # 1 group per step, PQ only
     finally:
         tr.shutdown()
 

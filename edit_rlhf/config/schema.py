@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from edit_rlhf.config.judge import JudgeConfig
 from edit_rlhf.config.rrm import RRMScorerConfig
 
 
@@ -61,9 +62,11 @@ class PoolConfig:
     resources: Dict[str, float] = field(default_factory=dict)  # custom resources pin a pool to a node group
     strategy: str = "PACK"
     max_restarts: int = 0
+    placement_timeout_s: float = 1800.0  # wait for the bundles: an autoscaler takes minutes to add GPU nodes
 
     def check(self) -> None:
         _positive("size", self.size)
+        _positive("placement_timeout_s", self.placement_timeout_s)
         _positive("num_cpus", self.num_cpus, strict=False)
         _positive("num_gpus", self.num_gpus, strict=False)
         _choice("strategy", self.strategy, {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"})
@@ -259,15 +262,28 @@ class TrackingConfig:
 
 @dataclass
 class MonitorConfig:
-    """Reward-hacking monitor: the reward beside an independent judge of the same edits (edit_rlhf.grpo.monitor)."""
+    """Reward-hacking monitor: the reward beside an independent judge of the same edits (edit_rlhf.grpo.monitor).
 
-    judge: str = "auto"  # auto: the sandbox oracle when the data has oracle records; none: off
+    judge: `oracle` (the sandbox oracle, from the data's oracle records), `pq` (a VLM judge's VIEScore
+    perceptual-quality score, PQ = min(naturalness, artifacts), on its own `pool` of actors: the judge on real
+    data), `auto` (oracle when the data has oracle records, else pq when `pq.path` is set, else off with a loud
+    warning at start), `none` (off, deliberately)."""
+
+    judge: str = "auto"
     window: int = 5  # steps per baseline / recent window of the trend divergence
     threshold: float = 1.0  # warn when the reward's gain exceeds the judge's by this many baseline std
+    pq: JudgeConfig = field(default_factory=JudgeConfig)  # the PQ judge (path: a Qwen2.5-VL folder)
+    pool: PoolConfig = field(default_factory=PoolConfig)  # actors hosting the PQ judge
+    groups_per_step: int = 0  # groups of a step the PQ judge sees (0 = all); each edit of a group is judged
+    timeout_s: float = 900.0  # per judge call; a call that fails or times out leaves its edits unjudged (NaN)
 
     def check(self) -> None:
-        _choice("judge", self.judge, {"auto", "oracle", "none"})
+        _choice("judge", self.judge, {"auto", "oracle", "pq", "none"})
         _positive("window", self.window)
+        _positive("groups_per_step", self.groups_per_step, strict=False)
+        _positive("timeout_s", self.timeout_s)
+        if self.judge == "pq" and not self.pq.path:
+            raise ValueError("pq.path: monitor.judge=pq needs a judge model (a Qwen2.5-VL folder)")
 
 
 @dataclass

@@ -66,6 +66,19 @@ def decode_image(value: Any, max_side: int = MAX_SIDE) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def editor_view(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The source image as the editor sees it: uint8 (H, W, 3) resized to (height, width) the way diffusers'
+    `VaeImageProcessor` does (PIL Lanczos, no aspect preservation; unchanged when already that size).
+
+    The Kontext editor edits this view of the source (a square `resolution` copy), so every judge of an edit
+    against its source (the Edit-RRM reward above all) must be shown this view too, not the original aspect."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.shape[:2] == (height, width):
+        return arr
+    return np.asarray(Image.fromarray(arr).convert("RGB").resize((width, height), resample=Image.LANCZOS),
+                      dtype=np.uint8)
+
+
 def encode_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(buf, format="PNG")

@@ -22,7 +22,7 @@ from edit_rlhf.evaluation.protocol import sample_scores
 from edit_rlhf.evaluation.viescore import Judgement, build_messages, parse_judgement
 from edit_rlhf.rewards.base import ScoreResult
 
-KINDS = ("judge", "rrm", "oracle")
+KINDS = ("judge", "pq", "rrm", "oracle")
 TEXT_KEEP = 2000  # characters of a judge / RRM reply kept in the per-sample record
 
 
@@ -53,7 +53,9 @@ class JudgeScorer:
     name = "judge"
     columns = ("id", "instruction", "source_image")
 
-    def __init__(self, cfg, threads: Optional[int] = None, engine=None, processor=None):
+    def __init__(self, cfg, threads: Optional[int] = None, engine=None, processor=None, pq_only: bool = False):
+        """`pq_only`: only the perceptual-quality judgement of the edit (no source needed); reward = PQ. This is
+        the reward-hacking monitor's judge on real data: independent of the instruction-following reward."""
         from edit_rlhf.rrm.engine import SamplingSpec, build_engine
         from edit_rlhf.rrm.prompt import render
 
@@ -71,6 +73,9 @@ class JudgeScorer:
         s = cfg.sampling
         self.spec = SamplingSpec(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
         self.stats = {"edits": 0, "judgements": 0, "parsed": 0}
+        self.pq_only = pq_only
+        if pq_only:
+            self.name, self.columns = "pq", ("id",)
 
     def sc_text(self, instruction: str) -> str:
         p = self.cfg.prompt
@@ -80,6 +85,8 @@ class JudgeScorer:
         from edit_rlhf.rrm.engine import GenRequest, sample_seed
 
         seed = self.cfg.sampling.seed
+        if self.pq_only:
+            return self._score_pq(rows, images)
         reqs, slots = [], []
         out: List[Optional[ScoreResult]] = [None] * len(rows)
         for k, (row, img) in enumerate(zip(rows, images)):
@@ -104,6 +111,29 @@ class JudgeScorer:
             self.stats["parsed"] += sum(x.ok for x in sc_j + pq_j)
         self.stats["edits"] += len(rows)
         return out  # type: ignore[return-value]
+
+    def _score_pq(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
+        """PQ only: one judgement per edit (seeded by row id and edit position); reward = PQ in 0-10."""
+        from edit_rlhf.evaluation.protocol import min_score
+        from edit_rlhf.rrm.engine import GenRequest, sample_seed
+
+        seed = self.cfg.sampling.seed
+        reqs = [GenRequest(self.pq_text, [img], seed=sample_seed(seed, row.get("id"), f"pq{k}"))
+                for k, (row, img) in enumerate(zip(rows, images))]
+        comps = self.engine.generate(reqs, self.spec) if reqs else []
+        out = []
+        for cs in comps:
+            js = [parse_judgement(c.text, 2, self.cfg.prompt.score_max) for c in cs]
+            sub = mean_subscores(js)
+            pq = min_score(sub)
+            self.stats["judgements"] += len(js)
+            self.stats["parsed"] += sum(j.ok for j in js)
+            d = {"pq": _finite_or_none(pq), "pq_scores": sub, "pq_parse_ok": sum(j.ok for j in js) / len(js),
+                 "pq_text": cs[0].text[:TEXT_KEEP]}
+            out.append(ScoreResult(reward=pq, ok=sub is not None, detail=d,
+                                   error="" if sub is not None else f"PQ: {js[0].reason}"))
+        self.stats["edits"] += len(rows)
+        return out
 
     @staticmethod
     def _result(sc_j, pq_j, sc_c, pq_c) -> ScoreResult:
@@ -220,9 +250,11 @@ class OracleBatchScorer:
 
 
 def build_eval_scorer(kind: str, cfg, threads: Optional[int] = None):
-    """`kind` = judge (cfg: JudgeConfig) | rrm (cfg: RRMScorerConfig) | oracle (cfg unused)."""
+    """`kind` = judge (cfg: JudgeConfig) | pq (the judge's PQ half only) | rrm (cfg: RRMScorerConfig) | oracle (cfg unused)."""
     if kind == "judge":
         return JudgeScorer(cfg, threads)
+    if kind == "pq":
+        return JudgeScorer(cfg, threads, pq_only=True)
     if kind == "rrm":
         return RRMBatchScorer(cfg, threads)
     if kind == "oracle":

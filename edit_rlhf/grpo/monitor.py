@@ -8,12 +8,15 @@ and a trend divergence over a sliding window:
 
 i.e. how many baseline standard deviations the reward improved beyond the judge. A warning is raised when it
 crosses `threshold` (once per crossing).
+
+The judge: the sandbox oracle where the data carries oracle records; on real data a VLM judge's perceptual-
+quality score (VIEScore PQ, on its own actor pool); a run with neither says so loudly at start (`resolve_judge`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,3 +90,39 @@ class HackingMonitor:
     def load(self, st: Dict) -> None:
         for k, v in st.items():
             setattr(self, k, v)
+
+
+NO_JUDGE_WARNING = ("REWARD-HACKING MONITOR IS OFF: the training data has no oracle records and no judge is "
+                    "configured, so nothing checks the reward against an independent judge. Set "
+                    "monitor.pq.path to a Qwen2.5-VL judge (monitor.judge=pq) to watch for reward hacking, or "
+                    "monitor.judge=none to turn the monitor off deliberately.")
+
+
+def resolve_judge(judge: str, has_oracle: bool, pq_path: Optional[str]) -> Tuple[str, str]:
+    """(mode, warning): mode is 'oracle', 'pq' or 'none'; warning is non-empty when the monitor is off without
+    having been turned off (`auto` on data without oracle records and no PQ judge configured).
+    Raises ValueError for a judge the run cannot have."""
+    if judge == "none":
+        return "none", ""
+    if judge == "oracle":
+        if not has_oracle:
+            raise ValueError("monitor.judge=oracle: the dataset has no oracle records (use auto, pq or none)")
+        return "oracle", ""
+    if judge == "pq":
+        if not pq_path:
+            raise ValueError("monitor.judge=pq: set monitor.pq.path to a judge model")
+        return "pq", ""
+    if has_oracle:
+        return "oracle", ""
+    if pq_path:
+        return "pq", ""
+    return "none", NO_JUDGE_WARNING
+
+
+def loud(message: str) -> str:
+    """A boxed multi-line banner for a warning that must not be missed in a long log."""
+    import textwrap
+
+    lines = textwrap.wrap(message, 96)
+    bar = "!" * 100
+    return "\n".join([bar] + [f"! {ln:<96} !" for ln in lines] + [bar])

@@ -124,16 +124,19 @@ class KontextEditor:
 
     @torch.no_grad()
     def condition(self, images: Sequence[np.ndarray], instructions: Sequence[str]) -> KontextCondition:
-        """Encode B sources (uint8 (H, W, 3), any size: resized as the pipeline does) and B instructions."""
+        """Encode B sources (uint8 (H, W, 3), any size: `editor_view` resizes them to resolution x resolution as the
+        pipeline does) and B instructions."""
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
         pe, pooled, text_ids = self.pipe.encode_prompt(prompt=list(instructions), prompt_2=None, device=self.device,
                                                        num_images_per_prompt=1,
                                                        max_sequence_length=self.max_sequence_length)
+        from edit_rlhf.data.images import editor_view
+
         r = self.resolution
-        pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB") for im in images]
-        proc = self.pipe.image_processor
-        img_t = proc.preprocess(proc.resize(pil, r, r), r, r)
+        # the same function the reward scorers use to show the judge this exact view of the source
+        pil = [Image.fromarray(editor_view(im, r, r)).convert("RGB") for im in images]
+        img_t = self.pipe.image_processor.preprocess(pil, r, r)
         _, image_latents, latent_ids, image_ids = self.pipe.prepare_latents(
             img_t, len(pil), self.num_channels, r, r, pe.dtype, self.device, None)
         return KontextCondition(pe, pooled, text_ids, image_latents, torch.cat([latent_ids, image_ids], dim=0))

@@ -81,9 +81,16 @@ class RRMScorer:
 
     # ------------------------------------------------------------------ requests
     def requests(self, row: Dict[str, Any], images: np.ndarray) -> List[GenRequest]:
-        """One request per edited image (source first, then the edit), seeded by (seed, row id, edit index)."""
+        """One request per edited image (source first, then the edit), seeded by (seed, row id, edit index).
+
+        The source is shown as the editor saw it (`editor_view` at the edit's size: the square copy the
+        editor edited), never in its original aspect next to a square edit."""
+        from edit_rlhf.data.images import editor_view
+
         text = self.prompt.text(row["instruction"], row["principles"])
-        return [GenRequest(text, [row["source_image"], img], seed=sample_seed(self.cfg.sampling.seed, row["id"], i))
+        src = row["source_image"]
+        return [GenRequest(text, [editor_view(src, *np.asarray(img).shape[:2]), img],
+                           seed=sample_seed(self.cfg.sampling.seed, row["id"], i))
                 for i, img in enumerate(images)]
 
     def _parse(self, c: Completion, n_principles: int) -> Verdict:
