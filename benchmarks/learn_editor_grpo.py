@@ -1,14 +1,21 @@
-"""Learning benchmark: does Flow-GRPO raise the reward, and is what it learned *editing*?
+"""Learning benchmark: does Flow-GRPO make the editor better on the deterministic evaluation, and is what it
+learned *editing*?
 
-Runs the GRPO pipeline twice with identical prompts and noise seeds: the treatment (config lr) and the
-control (lr = 0). Prints one JSON line with, for each run, the mean training reward over the first and last
-20% of steps, the paired (treatment - control, same step) difference over the last 20% with its standard
-error and z, the final ODE evaluation (reward and oracle score), and the probes of what was learned:
-the same evaluation with shuffled sources and with shuffled instructions, and the copy-the-source baseline.
-If shuffling the instruction costs nothing, the policy ignores the text; if shuffling the source costs nothing,
-it ignores the image (a "global shift"); if the reward sits at the copy-source baseline, it learned to copy.
+For each seed, runs the GRPO pipeline twice with identical prompts and noise seeds: the treatment (the config's
+lr) and the control (lr = 0). The headline is the final ODE evaluation (noise 0, the same held-out prompts and
+seeds for both runs), compared per prompt: the mean of (treatment - control) over prompts, its standard error
+and z, on the reward and on the sandbox oracle. Beside it: the learning curve of that evaluation, the per-step
+training reward of the sampled (SDE) edits (noisy: each step draws new prompts) with its paired difference
+over the last 20 % of steps, and the probes of what was learned — the treatment's final evaluation with
+shuffled sources and with shuffled instructions, and the copy-the-source baseline. If shuffling the instruction
+costs nothing, the policy ignores the text; if shuffling the source costs nothing, it ignores the image; if the
+score sits at the copy-source baseline, it learned to copy.
 
-    .venv/bin/python benchmarks/learn_editor_grpo.py --steps 60 [key=value ...]
+Prints one JSON line per seed (and writes it to --out-dir as learn_editor_grpo_seed<k>.json); with several
+seeds also a summary line (editor_grpo_seeds.json) with paired_z_by_seed, paired_z_min, oracle_gain_by_seed,
+control_gain_by_seed, steps and seconds.
+
+    .venv/bin/python benchmarks/learn_editor_grpo.py [--seeds 0 1 2] [--steps N] [--out-dir DIR] [key=value ...]
 """
 from __future__ import annotations
 
@@ -18,11 +25,12 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(cfg) -> dict:
+def run(cfg) -> Dict[str, Any]:
     from edit_rlhf.pipelines.grpo import GRPOTrainer
 
     tr = GRPOTrainer(cfg, quiet=True)
@@ -30,61 +38,106 @@ def run(cfg) -> dict:
     s["rewards"] = [m["reward/mean"] for m in tr.history]
     s["oracle"] = [m.get("reward/oracle_score") for m in tr.history]
     s["final_eval"] = tr.eval_history[-1] if tr.eval_history else {}
+    s["per_prompt"] = {int(k): v for k, v in tr.eval_per_prompt.items()}
+    s["curve"] = [{k: m[k] for k in m if k == "step" or k in ("eval/reward", "eval/oracle_score")}
+                  for m in tr.eval_history]
     return s
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/sandbox_tiny.yaml")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("overrides", nargs="*")
-    a = ap.parse_args(argv)
+def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root: str) -> Dict[str, Any]:
     from edit_rlhf.config import GRPOConfig, load_config
-    from edit_rlhf.runtime import setup_process
-    from edit_rlhf.stats import paired_difference, windows
+    from edit_rlhf.stats import paired_difference, paired_prompts, windows
 
-    setup_process(1)
-    import ray
-
-    out_root = tempfile.mkdtemp(prefix="learn_grpo_")
-    base = [f"steps={a.steps}", "eval_every=0", "save_every=0", "tracking.experiment=edit_rlhf-bench",
-            "tracking.log_images_every=1000"] + list(a.overrides)
+    base = [f"seed={seed}", "save_every=0", "tracking.experiment=edit_rlhf-bench", "tracking.log_images_every=1000",
+            "eval_probes=true"] + ([f"steps={steps}"] if steps else []) + list(overrides)
     t0 = time.time()
     results = {}
     for name, extra in (("treatment", []), ("control", ["optim.lr=0"])):
-        cfg = load_config(GRPOConfig, a.config, base + extra + [f"output_dir={out_root}/{name}",
-                                                                f"tracking.run_name=learn-{name}"])
-        if not ray.is_initialized():
-            from edit_rlhf.cluster.pools import init_ray
-
-            init_ray(cfg.cluster, log_to_driver=False)
+        cfg = load_config(GRPOConfig, config, base + extra + [f"output_dir={out_root}/seed{seed}_{name}",
+                                                              f"tracking.run_name=learn-{name}-seed{seed}"])
         results[name] = run(cfg)
-    ray.shutdown()
     tr, ct = results["treatment"], results["control"]
-    report = {"benchmark": "learn_editor_grpo",
-              "command": " ".join(["python", *sys.argv] if argv is None else ["learn_editor_grpo.main", *argv]),
-              "config": a.config, "steps": a.steps, "overrides": a.overrides,
-              "scorer": load_config(GRPOConfig, a.config, base).reward.scorer, "lr": None,
-              "seconds": round(time.time() - t0, 1)}
-    report["lr"] = load_config(GRPOConfig, a.config, base).optim.lr
+    cfg = load_config(GRPOConfig, config, base)
+    report: Dict[str, Any] = {
+        "benchmark": "learn_editor_grpo", "config": config, "seed": seed, "steps": cfg.steps,
+        "overrides": list(overrides), "scorer": cfg.reward.scorer, "lr": cfg.optim.lr,
+        "eval_prompts": min(cfg.data.eval_size, len(tr["per_prompt"][max(tr["per_prompt"])]["reward"])),
+        "eval_repeats": cfg.data.eval_repeats, "seconds": round(time.time() - t0, 1)}
+    last_t, last_c = tr["per_prompt"][max(tr["per_prompt"])], ct["per_prompt"][max(ct["per_prompt"])]
+    first_t, first_c = tr["per_prompt"][min(tr["per_prompt"])], ct["per_prompt"][min(ct["per_prompt"])]
+    for key in ("reward", "oracle_score"):
+        if key in last_t and key in last_c:
+            report[f"eval_{key}_paired"] = paired_prompts(last_t[key], last_c[key])  # the headline
+            report[f"eval_{key}_gain"] = paired_prompts(last_t[key], first_t[key])["diff"]
+            report[f"control_eval_{key}_gain"] = paired_prompts(last_c[key], first_c[key])["diff"]
     for name, s in results.items():
         w = windows(s["rewards"])
         ev = {k.replace("eval/", ""): round(v, 5) for k, v in s["final_eval"].items()
               if k.startswith("eval/") and not k.endswith(("seconds", "failed"))}
-        report[name] = {"reward_first20": w["first20"], "reward_last20": w["last20"], "gain": w["gain"],
-                        "final_eval": ev, "seconds": s["seconds"]}
-        if any(o is not None for o in s["oracle"]):
-            wo = windows(s["oracle"])
-            report[name].update(oracle_first20=wo["first20"], oracle_last20=wo["last20"])
-    report["paired"] = paired_difference(tr["rewards"], ct["rewards"])
-    report["learned"] = bool(report["treatment"]["gain"] > report["control"]["gain"] and report["paired"]["z"] > 2)
+        report[name] = {"train_reward_first20": w["first20"], "train_reward_last20": w["last20"],
+                        "final_eval": ev, "eval_curve": s["curve"], "seconds": s["seconds"]}
+    report["train_reward_paired_last20"] = paired_difference(tr["rewards"], ct["rewards"])
+    key = "oracle_score" if "eval_oracle_score_paired" in report else "reward"
+    report["learned"] = bool(report[f"eval_{key}_paired"]["z"] >= 2)
     te = report["treatment"]["final_eval"]
     if "shuffled_source_reward" in te:
-        report["probe_cost"] = {"shuffled_source": te["reward"] - te["shuffled_source_reward"],
-                                "shuffled_instruction": te["reward"] - te["shuffled_instruction_reward"],
-                                "vs_copy_source": te["reward"] - te.get("copy_source_reward", float("nan"))}
-    print(json.dumps(report))
+        k = "oracle_score" if "shuffled_source_oracle_score" in te else "reward"
+        report["probe_cost"] = {"measure": k,
+                                "shuffled_source": te[k] - te[f"shuffled_source_{k}"],
+                                "shuffled_instruction": te[k] - te[f"shuffled_instruction_{k}"],
+                                "vs_copy_source": te[k] - te.get(f"copy_source_{k}", float("nan"))}
     return report
+
+
+def main(argv=None) -> List[Dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/sandbox_tiny.yaml")
+    ap.add_argument("--steps", type=int, default=0, help="0: the config's steps")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out-dir", default=None, help="write each JSON line (and the seed summary) here")
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args(argv)
+    from edit_rlhf.runtime import setup_process
+
+    setup_process(1)
+    out_root = tempfile.mkdtemp(prefix="learn_grpo_")
+    command = " ".join(["python", *sys.argv] if argv is None else ["learn_editor_grpo.main", *argv])
+    import ray
+
+    from edit_rlhf.cluster.pools import init_ray
+    from edit_rlhf.config import GRPOConfig, load_config
+
+    init_ray(load_config(GRPOConfig, a.config, list(a.overrides)).cluster, log_to_driver=False)  # one cluster for all runs
+    t0 = time.time()
+    reports = []
+    for seed in a.seeds:
+        rep = one_seed(a.config, seed, a.steps, a.overrides, out_root)
+        rep["command"] = command
+        reports.append(rep)
+        print(json.dumps(rep), flush=True)
+        if a.out_dir:
+            os.makedirs(a.out_dir, exist_ok=True)
+            with open(os.path.join(a.out_dir, f"learn_editor_grpo_seed{seed}.json"), "w") as f:
+                json.dump(rep, f, indent=1)
+    if len(reports) > 1:
+        key = "oracle_score" if "eval_oracle_score_paired" in reports[0] else "reward"
+        summary = {"benchmark": "learn_editor_grpo_seeds", "command": command, "measure": f"eval {key}",
+                   "seeds": a.seeds, "steps": reports[0]["steps"],
+                   "eval_prompts": reports[0]["eval_prompts"], "eval_repeats": reports[0]["eval_repeats"],
+                   "paired_z_by_seed": [r[f"eval_{key}_paired"]["z"] for r in reports],
+                   "paired_diff_by_seed": [r[f"eval_{key}_paired"]["diff"] for r in reports],
+                   "oracle_gain_by_seed": [r.get("eval_oracle_score_gain") for r in reports],
+                   "control_gain_by_seed": [r.get("control_eval_oracle_score_gain") for r in reports],
+                   "probe_cost_by_seed": [r.get("probe_cost") for r in reports],
+                   "seconds": round(time.time() - t0, 1)}
+        summary["paired_z_min"] = min(summary["paired_z_by_seed"])
+        print(json.dumps(summary), flush=True)
+        if a.out_dir:
+            with open(os.path.join(a.out_dir, "editor_grpo_seeds.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+        reports.append(summary)
+    ray.shutdown()
+    return reports
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def setup_process(torch_threads: Optional[int] = 1, quiet: bool = True) -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    set_extensions_dir()
     import torch
 
     if not torch.cuda.is_available():
@@ -114,6 +115,16 @@ def ray_gpu_ids() -> list:
         return list(ray.get_gpu_ids()) if ray.is_initialized() else []
     except Exception:  # not a Ray worker / Ray not installed
         return []
+
+
+def set_extensions_dir() -> str:
+    """JIT-compiled ops (DeepSpeed's CPU comm op) are cached per environment, not in the shared
+    ~/.cache/torch_extensions: two virtualenvs on one machine otherwise rebuild each other's op on every
+    switch (their include paths differ), and a process killed mid-build leaves a lock file that makes
+    every later learner wait forever. TORCH_EXTENSIONS_DIR set by the user wins."""
+    import sys
+
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 
 def resolve_device(spec: str = "auto"):

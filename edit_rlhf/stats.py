@@ -29,3 +29,22 @@ def paired_difference(treatment: Sequence[float], control: Sequence[float], frac
     se = float(d.std(ddof=1) / math.sqrt(k))
     mean = float(d.mean())
     return {"diff": mean, "se": se, "z": mean / se if se > 0 else (math.inf if mean > 0 else 0.0), "steps": k}
+
+
+def paired_prompts(treatment: Sequence[float], control: Sequence[float]) -> Dict[str, float]:
+    """Per-prompt paired comparison of two evaluations on the same prompts and noise seeds: the mean of
+    (treatment - control) over prompts, its standard error and z, and the number of prompts compared
+    (prompts where either side is NaN - a failed score - are left out and counted in `dropped`)."""
+    t, c = np.asarray(treatment, float), np.asarray(control, float)
+    if t.shape != c.shape or t.ndim != 1:
+        raise ValueError(f"treatment ({t.shape}) and control ({c.shape}) must be equal-length 1-D per-prompt scores")
+    ok = ~(np.isnan(t) | np.isnan(c))
+    d = t[ok] - c[ok]
+    n = int(d.size)
+    if n < 2:
+        return {"diff": float(d.mean()) if n else math.nan, "se": math.nan, "z": math.nan, "n": n,
+                "dropped": int((~ok).sum())}
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    mean = float(d.mean())
+    z = mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    return {"diff": mean, "se": se, "z": z, "n": n, "dropped": int((~ok).sum())}

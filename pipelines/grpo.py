@@ -83,6 +83,7 @@ class GRPOTrainer:
         self.quiet = quiet
         self.history: List[Dict[str, float]] = []
         self.eval_history: List[Dict[str, float]] = []
+        self.eval_per_prompt: Dict[int, Dict[str, List[float]]] = {}  # step -> per-prompt reward / oracle (matched)
         self.start_step = 1
         from edit_rlhf.grpo.monitor import HackingMonitor
 
@@ -158,6 +159,7 @@ class GRPOTrainer:
         self.counters.update(state.get("counters", {}))
         if state.get("monitor"):
             self.monitor.load(state["monitor"])
+        self.eval_per_prompt = {int(k): v for k, v in state.get("eval_per_prompt", {}).items()}
         self.start_step = int(state["step"]) + 1
         np.random.set_state(tuple(state["numpy_rng"]) if isinstance(state["numpy_rng"], list) else state["numpy_rng"])
         random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python_rng"]))
@@ -356,13 +358,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ evaluation
     def _eval_jobs(self, n: int, variant: str) -> List[Job]:
+        """One job per eval prompt: `data.eval_repeats` ODE edits of it, each from its own noise seed."""
         idx = list(range(n))
         other = idx[1:] + idx[:1]  # a derangement: every prompt gets another prompt's source / instruction
+        r = self.cfg.data.eval_repeats
         jobs = []
         for i in idx:
-            src = [other[i]] if variant == "shuffled_source" else None
-            ins = [other[i]] if variant == "shuffled_instruction" else None
-            jobs.append(Job(slot=i, split="eval", index=i, gen_args=([i], [eval_seed(self.cfg.seed, i)], src, ins)))
+            src = [other[i]] * r if variant == "shuffled_source" else None
+            ins = [other[i]] * r if variant == "shuffled_instruction" else None
+            seeds = [eval_seed(self.cfg.seed, i, k) for k in range(r)]
+            jobs.append(Job(slot=i, split="eval", index=i, gen_args=([i] * r, seeds, src, ins)))
         return jobs
 
     def evaluate(self, step: int, probes: bool = False, save_dir: Optional[str] = None) -> Dict[str, float]:
@@ -383,14 +388,21 @@ class GRPOTrainer:
             stream(jobs, self.rollout, self.reward, "evaluate", 2, cfg.reward.timeout_s, cfg.reward.max_retries,
                    expected_version=self.version)
             name = "" if variant == "matched" else variant + "_"
-            rewards = np.array([j.score["rewards"][0] for j in jobs], dtype=np.float64)
+            per_edit = np.array([j.score["rewards"] for j in jobs], dtype=np.float64)  # (n, eval_repeats)
+            rewards = _row_means(per_edit)  # per prompt: the mean over its repeats
             m[f"eval/{name}reward"] = float(np.nanmean(rewards))
-            m[f"eval/{name}failed"] = int(np.isnan(rewards).sum())
+            m[f"eval/{name}failed"] = int(np.isnan(per_edit).sum())
             oracle = [j.score.get("oracle_scores") for j in jobs]
             if all(o is not None for o in oracle):
-                m[f"eval/{name}oracle_score"] = float(np.nanmean([o[0] for o in oracle]))
+                oracle = _row_means(np.array(oracle, dtype=np.float64))
+                m[f"eval/{name}oracle_score"] = float(np.nanmean(oracle))
+            else:
+                oracle = None
             if variant == "matched":
                 matched = jobs
+                self.eval_per_prompt[step] = {"reward": rewards.tolist()}
+                if oracle is not None:
+                    self.eval_per_prompt[step]["oracle_score"] = oracle.tolist()
         if probes:
             refs = [self.reward.actors[i % self.reward.size].score.remote(
                 "eval", i, ray.put(self.eval_ds.image(i)[None])) for i in range(n)]
@@ -403,10 +415,12 @@ class GRPOTrainer:
                  "title": self.eval_ds.instructions[j.index]} for j in matched[:4]]
         self.tracker.log_image(group_grid(rows), f"eval/step_{step:05d}.png")
         if save_dir:  # the trained policy's ODE outputs, for inspection and exact reproduction checks
+            r = cfg.data.eval_repeats
             np.savez_compressed(os.path.join(save_dir, "eval_edits.npz"),
-                                images=np.concatenate([ray.get(j.refs[1]) for j in matched]),
-                                indices=np.arange(n), seeds=np.array([eval_seed(cfg.seed, i) for i in range(n)]),
-                                rewards=np.array([j.score["rewards"][0] for j in matched]),
+                                images=np.concatenate([ray.get(j.refs[1]) for j in matched]),  # (n * r, H, W, 3)
+                                indices=np.repeat(np.arange(n), r),
+                                seeds=np.array([eval_seed(cfg.seed, i, k) for i in range(n) for k in range(r)]),
+                                rewards=np.concatenate([j.score["rewards"] for j in matched]),
                                 policy_version=self.version, num_steps=cfg.sampling.eval_num_steps)
         self.tracker.log_metrics(m, step)
         m["step"] = step
@@ -424,6 +438,7 @@ class GRPOTrainer:
         np_state = np.random.get_state()
         state = {"step": step, "policy_version": self.version, "rrm_version": None,
                  "sampler": self.sampler.state(), "counters": dict(self.counters), "monitor": self.monitor.state(),
+                 "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
                  "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                  "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
                  "config": to_dict(self.cfg), "time": time.time()}
@@ -509,7 +524,25 @@ class GRPOTrainer:
         if self.eval_history:
             s["eval_first"] = self.eval_history[0]
             s["eval_last"] = self.eval_history[-1]
+            s.update(self._eval_change())
         return s
+
+    def _eval_change(self) -> Dict[str, Any]:
+        """The final evaluation against the first on the same prompts and seeds (per-prompt paired), for the
+        reward and, where the data has one, the oracle: the run's learning figure with its noise."""
+        from edit_rlhf.stats import paired_prompts
+
+        steps = sorted(self.eval_per_prompt)
+        if len(steps) < 2:
+            return {}
+        a, b = self.eval_per_prompt[steps[0]], self.eval_per_prompt[steps[-1]]
+        out: Dict[str, Any] = {"eval_steps": [steps[0], steps[-1]], "eval_prompts": len(b["reward"]),
+                               "eval_repeats": self.cfg.data.eval_repeats}
+        for key, name in (("reward", "eval_reward_change"), ("oracle_score", "eval_oracle_change")):
+            if key in a and key in b:
+                out[name] = {"first": float(np.nanmean(a[key])), "last": float(np.nanmean(b[key])),
+                             **paired_prompts(b[key], a[key])}
+        return out
 
     def shutdown(self, status: str = "FINISHED") -> None:
         from edit_rlhf.cluster.pools import close_run
@@ -519,14 +552,35 @@ class GRPOTrainer:
                   getattr(self, "tracker", None), getattr(self, "started_ray", False), release=("monitor",))
 
 
+def _row_means(a: np.ndarray) -> np.ndarray:
+    """Per-row mean ignoring NaN (failed scores); an all-NaN row stays NaN, without a warning."""
+    ok = ~np.isnan(a)
+    n = ok.sum(axis=1)
+    return np.where(n > 0, np.where(ok, a, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+
+
+def _change(name: str, ch: Dict[str, float]) -> str:
+    txt = f"{name} {ch['first']:.4g} -> {ch['last']:.4g}"
+    if ch.get("n", 0) >= 2:
+        txt += f" ({ch['diff']:+.3g} ± {ch['se']:.2g} paired SE, z {ch['z']:+.1f})"
+    return txt
+
+
 def summary_line(s: Dict[str, Any]) -> str:
+    """The run in one line: the evaluation before/after with its noise first (same prompts and seeds, per-prompt
+    paired), then the per-step training means (noisy: each step draws new prompts), then bookkeeping."""
     parts = [f"grpo: {s['steps']} steps in {s['seconds']:.0f}s (setup {s['setup_seconds']:.0f}s)"]
+    if "eval_reward_change" in s:
+        ev = [_change("eval reward", s["eval_reward_change"])]
+        oracle = s.get("eval_oracle_change")
+        if oracle is not None and oracle != s["eval_reward_change"]:  # the reward is not the oracle itself
+            ev.append(_change("oracle", oracle))
+        parts.append(", ".join(ev) + f" on {s['eval_prompts']} held-out prompts x {s['eval_repeats']} seeds")
     if "reward_first20" in s:
-        parts.append(f"reward {s['reward_first20']:.4g} -> {s['reward_last20']:.4g} (first/last 20%)")
-    if "oracle_first20" in s:
-        parts.append(f"oracle {s['oracle_first20']:.2f} -> {s['oracle_last20']:.2f}")
-    if "eval_last" in s:
-        parts.append(f"eval reward {s['eval_first']['eval/reward']:.4g} -> {s['eval_last']['eval/reward']:.4g}")
+        parts.append(f"train reward {s['reward_first20']:.4g} -> {s['reward_last20']:.4g} (per-step mean, first/last "
+                     f"20%, noisy)")
+    if "oracle_first20" in s and s.get("oracle_first20") != s.get("reward_first20"):
+        parts.append(f"train oracle {s['oracle_first20']:.2f} -> {s['oracle_last20']:.2f}")
     parts += [f"policy v{s['policy_version']}", f"failed rewards {s.get('failed_rewards', 0)}",
               f"mlflow run {s['run_id']}", f"LoRA {s['final_lora']}"]
     return " | ".join(parts)

@@ -1,9 +1,13 @@
-"""Compile DeepSpeed's JIT ops once at set-up (cached in ~/.cache/torch_extensions), so the first learner
-rank does not spend ~45 s building them mid-run. On CPU that is the shared-memory comm op."""
+"""Compile DeepSpeed's JIT ops once at set-up (cached per environment in <venv>/torch_extensions, see
+edit_rlhf.runtime.set_extensions_dir), so the first learner rank does not spend ~45 s building them mid-run.
+On CPU that is the shared-memory comm op."""
 import os
 import time
 
-import torch
+from edit_rlhf.runtime import set_extensions_dir
+
+set_extensions_dir()
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

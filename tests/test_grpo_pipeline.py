@@ -14,10 +14,16 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
 
     from edit_rlhf.pipelines.grpo import eval_seed, run_grpo
 
-    cfg = grpo_cfg("steps=3", "eval_every=2", "save_every=2")
+    cfg = grpo_cfg("steps=3", "eval_every=2", "save_every=2", "data.eval_repeats=2")
     s = run_grpo(cfg, quiet=True)
     assert s["steps"] == 3 and s["policy_version"] == 3 and s["failed_rewards"] == 0
     assert s["ratio_first_max_dev"] < 1e-5  # learner log-probs == rollout log-probs before any update
+    # the run's learning figure: final vs first evaluation, per prompt on the same prompts and seeds
+    ch = s["eval_reward_change"]
+    assert s["eval_steps"] == [0, 3] and ch["n"] == 4 and s["eval_repeats"] == 2
+    assert ch["first"] == pytest.approx(s["eval_first"]["eval/reward"]) and ch["last"] == pytest.approx(
+        s["eval_last"]["eval/reward"])
+    assert ch["diff"] == pytest.approx(ch["last"] - ch["first"]) and ch["se"] > 0
 
     client = MlflowClient(s["tracking_uri"])
     run = client.get_run(s["run_id"])
@@ -42,6 +48,7 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
     assert s["final_lora"] == os.path.join(cfg.output_dir, "final_lora")  # a stable copy of the last step's LoRA
     saved = np.load(os.path.join(s["checkpoint"], "eval_edits.npz"))
     assert int(saved["policy_version"]) == 3
+    assert list(saved["indices"][:4]) == [0, 0, 1, 1] and saved["images"].shape[0] == 8  # 4 prompts x 2 seeds
     ds = EditPromptDataset(cfg.data.eval)
     row = ds.row(0, ["source_image", "instruction"])
     pipe = FluxKontextPipeline.from_pretrained(tiny_models["editor"])

@@ -14,7 +14,7 @@ from omegaconf import MISSING
 
 from edit_rlhf.config.rrm import RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig
 from edit_rlhf.config.schema import (
-    ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, TrackingConfig, _choice, _positive,
+    ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, ScheduleConfig, TrackingConfig, _choice, _positive,
 )
 
 
@@ -40,21 +40,6 @@ class RRMModelConfig:
         _choice("mode", self.mode, {"full", "lora"})
         _positive("lora_rank", self.lora_rank)
         _positive("lora_alpha", self.lora_alpha)
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule on top of `optim.lr`: linear warmup, then cosine to `min_lr_ratio` (or constant)."""
-
-    warmup_steps: int = 50
-    kind: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1
-
-    def check(self) -> None:
-        _positive("warmup_steps", self.warmup_steps, strict=False)
-        _choice("kind", self.kind, {"cosine", "constant"})
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
 
 
 # --------------------------------------------------------------------------- T+V trace selection

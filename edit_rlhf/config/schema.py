@@ -136,6 +136,8 @@ class SamplingConfig:
 
     num_steps: int = 4  # SDE sampler steps for training rollouts
     train_timesteps: int = 3  # train on the first k steps (Flow-GRPO: int(num_steps * timestep_fraction))
+    sde_steps: int = 0  # stochastic leading steps; 0 = all but the last (Flow-GRPO); k = an SDE window on the
+    #                     first k steps and deterministic (ODE) steps after it (Flow-GRPO-Fast / MixGRPO style)
     noise_level: float = 0.9  # a in sigma_t = a * sqrt(t / (1 - t))
     eval_num_steps: int = 8  # ODE (noise 0) steps for evaluation
     same_noise_in_group: bool = False  # one initial noise x_T shared by the G samples of a group
@@ -144,10 +146,18 @@ class SamplingConfig:
         _positive("num_steps", self.num_steps)
         _positive("eval_num_steps", self.eval_num_steps)
         _positive("noise_level", self.noise_level, strict=False)
-        sde_steps = max(1, self.num_steps - 1)  # the last step is deterministic (clean final image)
+        _positive("sde_steps", self.sde_steps, strict=False)
+        if self.sde_steps > max(1, self.num_steps - 1):
+            raise ValueError(f"sde_steps: at most {max(1, self.num_steps - 1)} (num_steps - 1: the last step stays "
+                             f"deterministic), got {self.sde_steps}")
+        sde_steps = self.stochastic_steps()
         if not 1 <= self.train_timesteps <= sde_steps:
             raise ValueError(f"train_timesteps: must be in [1, {sde_steps}] (the SDE steps of num_steps="
-                             f"{self.num_steps}), got {self.train_timesteps}")
+                             f"{self.num_steps}, sde_steps={self.sde_steps}), got {self.train_timesteps}")
+
+    def stochastic_steps(self) -> int:
+        """How many leading sampler steps are stochastic (the rest are deterministic Euler steps)."""
+        return self.sde_steps or max(1, self.num_steps - 1)
 
 
 @dataclass
@@ -190,6 +200,21 @@ class OptimConfig:
             raise ValueError(f"betas: need two values in [0, 1), got {list(self.betas)}")
         _positive("weight_decay", self.weight_decay, strict=False)
         _positive("max_grad_norm", self.max_grad_norm)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule on top of `optim.lr`: linear warmup, then cosine to `min_lr_ratio` (or constant)."""
+
+    warmup_steps: int = 50
+    kind: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+
+    def check(self) -> None:
+        _positive("warmup_steps", self.warmup_steps, strict=False)
+        _choice("kind", self.kind, {"cosine", "constant"})
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -246,10 +271,12 @@ class DataConfig:
     train: str = MISSING
     eval: Optional[str] = None
     eval_size: int = 8  # prompts from `eval` used at each evaluation
+    eval_repeats: int = 1  # ODE edits per eval prompt, each from its own noise seed; a prompt scores their mean
     validate: str = "full"  # full: decode every image at start; schema: columns only
 
     def check(self) -> None:
         _positive("eval_size", self.eval_size)
+        _positive("eval_repeats", self.eval_repeats)
         _choice("validate", self.validate, {"full", "schema"})
 
 
@@ -321,6 +348,9 @@ class GRPOConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     algo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # per optimizer update (steps x num_minibatches in all); constant = Flow-GRPO's default
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=0, kind="constant",
+                                                                            min_lr_ratio=0.0))
     rollout: PoolConfig = field(default_factory=PoolConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)

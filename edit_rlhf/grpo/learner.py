@@ -20,6 +20,7 @@ from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.distributed import deepspeed_engine, init_process_group
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.runtime import resolve_dtype
+from edit_rlhf.schedule import schedule_lr
 
 # One training item: (group trajectory dict, sample index within the group, advantage).
 Item = Tuple[Dict[str, Any], int, float]
@@ -137,7 +138,11 @@ class GRPOLearner:
         sums: Dict[str, float] = defaultdict(float)
         first_dev = None
         n = 0
-        for mb in minibatches:
+        for k, mb in enumerate(minibatches):
+            lr = schedule_lr(self.cfg.optim.lr, self.version * len(minibatches) + k,
+                             self.cfg.steps * len(minibatches), self.cfg.schedule)
+            for g in self.engine.optimizer.param_groups:
+                g["lr"] = lr
             batch = transitions(mb)
             rows = batch["x"].shape[0]
             for lo in range(0, rows, self.micro):
@@ -163,7 +168,7 @@ class GRPOLearner:
         out = {k: v / n for k, v in sums.items() if k != "grad_norm"}
         out["ratio_min"] = out.get("ratio_min", 1.0)
         out["grad_norm"] = sums["grad_norm"] / max(1, len(minibatches))
-        out.update(ratio_first_max_dev=first_dev or 0.0, learner_seconds=time.time() - t0, version=self.version,
+        out.update(lr=lr, ratio_first_max_dev=first_dev or 0.0, learner_seconds=time.time() - t0, version=self.version,
                    rank=self.rank)
         return out
 

@@ -39,9 +39,10 @@ def sample_seeds(seed: int, step: int, slot: int, g: int) -> List[int]:
     return [int(s) for s in np.random.SeedSequence([seed, step, slot]).generate_state(g)]
 
 
-def eval_seed(seed: int, i: int) -> int:
-    """Noise seed of evaluation prompt i (the same at every evaluation of a run)."""
-    return int(np.random.SeedSequence([seed, 10 ** 6, i]).generate_state(1)[0])
+def eval_seed(seed: int, i: int, repeat: int = 0) -> int:
+    """Noise seed of evaluation prompt i's `repeat`-th edit (the same at every evaluation of a run)."""
+    key = [seed, 10 ** 6, i] + ([repeat] if repeat else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def rank_plan(n_groups: int, group_size: int, advantages: np.ndarray, ranks: int, minibatches: int,

@@ -20,11 +20,6 @@ from edit_rlhf.models.lora import ADAPTER, add_lora, set_lora_state
 from edit_rlhf.runtime import resolve_device, resolve_dtype
 
 
-def sde_step_count(num_steps: int) -> int:
-    """Stochastic steps of a rollout: all but the last (kept deterministic), at least one."""
-    return max(1, num_steps - 1)
-
-
 def generators(seeds: Sequence[int]) -> List[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
@@ -89,7 +84,7 @@ class EditorRollout:
             x = self.editor.initial_noise(gens)
         ts, sig = self.editor.schedule(sc.num_steps)
         traj = sample_sde(self.editor.velocity_fn(), x, cond.repeat(len(seeds)), ts, sig, sc.noise_level,
-                          sde_step_count(sc.num_steps), sc.train_timesteps, gens)
+                          sc.stochastic_steps(), sc.train_timesteps, gens)
         images = self.editor.decode(traj.final.to(self.device))
         self.served += 1
         meta = {"prompt_id": pid, "index": int(index), "instruction": instr, "worker": self.worker_id,

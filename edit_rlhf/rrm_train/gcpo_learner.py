@@ -130,7 +130,7 @@ class GCPOLearner:
 
     def _lr(self) -> float:
         s, lr = self.cfg.schedule, self.cfg.optim.lr
-        from edit_rlhf.rrm_train.sft_learner import schedule_lr
+        from edit_rlhf.schedule import schedule_lr
 
         return schedule_lr(lr, self.version, self.cfg.steps, s)
 

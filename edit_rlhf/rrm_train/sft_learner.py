@@ -21,7 +21,7 @@ from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
 from edit_rlhf.vlm.attention import batched_vision_attention
 from edit_rlhf.vlm.chat import IGNORE, collate
-from edit_rlhf.vlm.sft import lr_factor
+from edit_rlhf.schedule import schedule_lr
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
@@ -36,12 +36,6 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
         out += [int(i) for i in take]
         pos += len(take)
     return np.asarray(out)
-
-
-def schedule_lr(base: float, step: int, total: int, sched) -> float:
-    if sched.kind == "constant":
-        return base * min(1.0, (step + 1) / max(1, sched.warmup_steps)) if sched.warmup_steps else base
-    return base * lr_factor(step, total, sched.warmup_steps, sched.min_lr_ratio)
 
 
 def token_ce(model, batch: Dict[str, torch.Tensor]):
