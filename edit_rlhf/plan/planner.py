@@ -102,10 +102,20 @@ def editor_learner_activations(tr, micro: int, lat_tokens: int, text_tokens: int
     with fused_attention():
         kept, _ = saved_bytes(lambda: grpo_loss(tr, batch, guidance, 1e-4, beta, reference=lambda: _AdaptersOff(tr)),
                               params)
+    ref = 0
+    if beta > 0:  # the KL reference pass (adapters off, no grad) runs while the policy's activations are kept
+        from edit_rlhf.models.kontext import kontext_velocity
+
+        with torch.no_grad(), fused_attention(), _AdaptersOff(tr):
+            lp = LivePeak(params)
+            with lp:
+                kontext_velocity(tr, batch["x"], batch["timestep"], batch["cond"], guidance)
+            ref = lp.peak
     if checkpointing:
         tr.disable_gradient_checkpointing()
-        return {"kept": kept + counter.inputs, "transient": counter.max_block, "checkpointed_calls": counter.calls}
-    return {"kept": kept, "transient": 0, "checkpointed_calls": 0}
+        return {"kept": kept + counter.inputs, "transient": max(counter.max_block, ref),
+                "checkpointed_calls": counter.calls}
+    return {"kept": kept, "transient": ref, "checkpointed_calls": 0}
 
 
 def flux_block_per_token(width_cfg, kind: str, image_tokens_: int, text_tokens: int, checkpointing: bool,
@@ -294,8 +304,10 @@ def plan_grpo(cfg, archs: Dict[str, str]) -> Plan:
                          f"kinds: {trainable / 1e6:.0f} M trainable; ZeRO-{lcfg.zero_stage} over {lcfg.size} ranks")
     learner.notes.append(f"micro-batch {micro} rows x {tokens} tokens ({lat} edit + {lat} source + {s} text): "
                          f"{act['kept'] / GiB:.1f} GiB kept"
-                         + (f" + {act['transient'] / GiB:.1f} GiB one-block recompute ({act['checkpointed_calls']} "
-                            "checkpointed blocks)" if lcfg.gradient_checkpointing else ", checkpointing off"))
+                         + (f" + {act['transient'] / GiB:.1f} GiB transient (one block's recompute or the KL "
+                            f"reference pass; {act['checkpointed_calls']} checkpointed blocks)"
+                            if lcfg.gradient_checkpointing else
+                            f" + {act['transient'] / GiB:.1f} GiB KL reference pass, checkpointing off"))
     plan.facts["editor_activation_bytes_per_token"] = {
         "model_plain" if not lcfg.gradient_checkpointing else "model_checkpointed": act["kept"] / (micro * tokens)}
     plan.pools.append(learner.finish())
