@@ -43,6 +43,8 @@ setup(
         "edit_rlhf.pipelines": "pipelines",
         "edit_rlhf.cluster": "cluster",
     },
+    package_data={"edit_rlhf.plan": ["arch/README.md", "arch/*/config.json", "arch/*/model_index.json",
+                                     "arch/*/*/config.json"]},
     install_requires=COMMON,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["edit-rlhf=edit_rlhf.cli:main"]},

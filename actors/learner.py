@@ -40,6 +40,12 @@ class LearnerRank:
         port = getattr(getattr(self.cfg, "learner", None), "master_port", None)
         return ray.util.get_node_ip_address(), port or free_port()
 
+    def free_address(self) -> tuple:
+        """(this node's IP, a free port on it): a rendezvous for another group (e.g. an NCCL weight sync)."""
+        from edit_rlhf.cluster.pools import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
     def setup(self, master_addr: str, master_port: int) -> dict:
         mod, _, name = self.core_path.partition(":")
         cls = getattr(importlib.import_module(mod), name)

@@ -24,6 +24,7 @@ class RRMRolloutWorker:
 
     def info(self) -> dict:
         return {"worker": self.worker_id, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "backend": self.engine.backend, "served": self.served, "version": self.version,
                 "engine_start_s": getattr(self.engine, "start_seconds", None), "sync_seconds": self.sync_seconds}
 
@@ -40,6 +41,17 @@ class RRMRolloutWorker:
         self.version = int(getattr(buckets, "version", self.version + 1))
         self.sync_seconds = time.time() - t
         return self.version
+
+    def weight_transfer(self, method: str, *args):
+        """The engine's NCCL weight-sync calls (edit_rlhf.transport); `finish_weight_update(version)` records the
+        learner version the broadcast carried and returns it."""
+        if method == "finish_weight_update":
+            t = time.time()
+            self.engine.weight_transfer(method)
+            self.version = int(args[0]) if args and args[0] is not None else self.version + 1
+            self.sync_seconds = time.time() - t
+            return self.version
+        return self.engine.weight_transfer(method, *args)
 
     def score_completion(self, request, completion_ids):
         return self.engine.score_completion(request, completion_ids)

@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_parser(sub, "eval-rrm", "pairwise accuracy of an RRM on preference pairs or EditReward-Bench")
     _pipeline_parser(sub, "eval-editor", "evaluate editors (base and trained LoRAs, same seeds and judge): GEdit-Bench "
                      "protocol SC/PQ/O with a VLM judge, the RRM score and, on the sandbox, the oracle score")
+    p = sub.add_parser("plan", help="GPU memory per pool and per GPU of a pipeline config, before renting GPUs "
+                       "(models built at real size on the meta device); exits 1 naming a pool that does not fit")
+    p.add_argument("--config", "-c", required=True, help="YAML config of grpo, rrm-sft, rrm-gcpo, principles or eval-editor")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. learner.gradient_checkpointing=false")
+    p.add_argument("--pipeline", default=None, help="the config's pipeline (default: the first schema that reads it)")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=FOLDER",
+                   help="architecture folder (config.json files) for a model key, e.g. editor.path=/models/kontext")
+    p.add_argument("--image-size", type=int, default=512, help="RRM images in pixels (sequence length of RRM plans)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the plan as JSON")
     p = sub.add_parser("report", help="HTML report (learning curves, image grids, result tables) of MLflow runs")
     p.add_argument("--run-id", action="append", required=True, help="MLflow run id (repeatable; child runs included)")
     p.add_argument("--tracking-dir", default="mlruns", help="embedded sqlite store folder (default mlruns)")
@@ -116,6 +125,36 @@ def _run_pipeline(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from edit_rlhf.config import ConfigError
+    from edit_rlhf.runtime import setup_process
+
+    setup_process(1)
+    from edit_rlhf.plan import run_plan
+    from edit_rlhf.plan.models import ArchError
+    from edit_rlhf.plan.report import table
+
+    archs = {}
+    for kv in args.arch:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise ConfigError(f"--arch: {kv!r} is not KEY=FOLDER")
+        archs[k] = v
+    try:
+        plan = run_plan(args.config, args.overrides, args.pipeline, archs, args.image_size)
+    except ArchError as e:
+        raise ConfigError(str(e)) from None
+    print(table(plan))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(plan.to_dict(), f, indent=2, default=str)
+    if not plan.ok:
+        for why in plan.failures():
+            print(f"edit-rlhf plan: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _dispatch(args) -> int:
     from edit_rlhf.commands import PIPELINES
 
@@ -133,6 +172,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command in PIPELINES:
         return _run_pipeline(args)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "report":
         from edit_rlhf.report import build_report
         from edit_rlhf.report.mlflow_source import RunNotFound

@@ -169,17 +169,12 @@ class GRPOTrainer:
                   f"(policy v{state['policy_version']}, MLflow run {state['mlflow_run_id']})", flush=True)
 
     def _sync_weights(self, only: Optional[List[int]] = None) -> float:
-        """Push the learner's LoRA (one object ref, fetched by each actor) to the rollout actors."""
-        import ray
+        """Push the learner's LoRA to the rollout actors through the weight-sync interface (edit_rlhf.cluster.sync:
+        one object ref, fetched by each actor; the LoRA is small, see `edit-rlhf plan`)."""
+        from edit_rlhf.cluster.sync import ObjectStoreTransport
 
         t = time.time()
-        (ref,) = ray.get(self.learner.actors[0].put.remote("lora_snapshot"))
-        version = ray.get(self.learner.actors[0].call.remote("info"))["version"]
-        idx = self.rollout.alive() if only is None else only
-        got = ray.get([self.rollout.actors[i].set_lora.remote(ref) for i in idx])
-        if any(v != version for v in got):
-            raise RuntimeError(f"weight sync: rollout versions {got} != learner version {version}")
-        self.version = version
+        self.version = ObjectStoreTransport("lora_snapshot", "set_lora").push(self.learner, self.rollout, only)
         return time.time() - t
 
     def _maintain_pools(self, step: int) -> Dict[str, float]:

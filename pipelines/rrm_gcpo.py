@@ -22,14 +22,11 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
+from edit_rlhf.cluster.sync import SyncError  # noqa: F401 (a weight sync whose engines disagree)
 from edit_rlhf.config import to_dict
 from edit_rlhf.faults import maybe_fail
 
 CORE = "edit_rlhf.rrm_train.gcpo_learner:GCPOLearner"
-
-
-class SyncError(RuntimeError):
-    pass
 
 
 class PairSampler:
@@ -104,12 +101,21 @@ class RRMGCPOTrainer:
             self.tracker.set_tags({"train_pairs": len(self.train), "ties_dropped": self.train.stats["ties_dropped"]})
         env = cfg.cluster.runtime_env()
         ecfg = cfg.rollout.engine
+        from edit_rlhf.cluster.sync import make_transport
+        from edit_rlhf.transport import choose_transport
+
+        on_gpu = bool(cfg.rollout.num_gpus and cfg.learner.num_gpus and ecfg.backend == "vllm")
+        kind = choose_transport(cfg.sync.transport, on_gpu)
+        if kind == "nccl":
+            ecfg.vllm.weight_transfer = "nccl"
+        self.transport = make_transport(kind, "weight_buckets", "load_weights", ecfg.vllm.tensor_parallel_size)
         self.rollout = ActorPool("rrm_rollout", RRMRolloutWorker, cfg.rollout,
                                  lambda i: (ecfg, f"rrm-rollout-{i}", cfg.cluster.torch_threads, cfg.seed + i),
                                  runtime_env=env)
         self.learner = LearnerGroup("rrm_gcpo", CORE, cfg, cfg.learner, cfg.cluster.torch_threads, runtime_env=env)
         self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
+        self.transport.setup(self.learner, self.rollout)
         if state is not None:
             self._restore(resume_dir, state)
         self.setup_seconds = time.time() - t0
@@ -133,19 +139,12 @@ class RRMGCPOTrainer:
 
     # ------------------------------------------------------------------ weight sync
     def _sync(self, only: Optional[List[int]] = None) -> Dict[str, float]:
-        """One bucketed object from learner rank 0, put once, loaded by every engine in one call each."""
-        import ray
-
+        """The learner's weights into the engines through `sync.transport` (edit_rlhf.cluster.sync): one bucketed
+        object put once and loaded by every engine in one call (object_store), or one NCCL broadcast (nccl)."""
         t = time.time()
-        (ref,) = ray.get(self.learner.actors[0].put.remote("weight_buckets"))
-        version = ray.get(self.learner.actors[0].call.remote("info"))["version"]
-        idx = self.rollout.alive() if only is None else only
-        got = ray.get([self.rollout.actors[i].load_weights.remote(ref) for i in idx])
-        if any(v != version for v in got):
-            raise SyncError(f"weight sync: engine versions {got} != learner version {version}")
-        self.version = version
+        self.version = self.transport.push(self.learner, self.rollout, only)
         self.counters["syncs"] += 1
-        return {"time/sync_s": time.time() - t, "sync/version": version}
+        return {"time/sync_s": time.time() - t, "sync/version": self.version}
 
     def _probe_trace(self):
         """A fixed trace for sync checks: the first eval (or train) pair's winner, greedy, sampled once now."""

@@ -91,19 +91,23 @@ def test_sft_one_rank_equals_two_ranks_on_the_same_batch(ray_cluster, tiny_model
     from edit_rlhf.config.rrm_train import RRMSFTConfig
 
     res = {}
-    for ranks in (1, 2):
+    # 1 rank, 2 ranks, and 1 rank in micro-batches of 2 with gradient checkpointing (the real-scale settings)
+    for key, ranks, extra in ((1, 1, []), (2, 2, []), ("micro", 1, ["micro_batch_size=2",
+                                                                    "learner.gradient_checkpointing=true"])):
         cfg = load_config(RRMSFTConfig, f"{ROOT}/configs/rrm_sft_sandbox.yaml", [
             f"model.path={tiny_models['rrm']}", f"data.train={sandbox_dir}/traces_train", "data.eval=null",
-            "data.pairs_eval=null", "batch_size=4", f"learner.size={ranks}", f"output_dir={tmp_path}"])
-        g = LearnerGroup(f"sft_eq{ranks}", "edit_rlhf.rrm_train.sft_learner:RRMSFTLearner", cfg, cfg.learner, 1)
+            "data.pairs_eval=null", "batch_size=4", f"learner.size={ranks}", f"output_dir={tmp_path}", *extra])
+        g = LearnerGroup(f"sft_eq{key}", "edit_rlhf.rrm_train.sft_learner:RRMSFTLearner", cfg, cfg.learner, 1)
         try:
-            res[ranks] = (g.broadcast("train_steps", 2), g.broadcast("info"))
+            res[key] = (g.broadcast("train_steps", 2), g.broadcast("info"))
         finally:
             g.shutdown()
-    (h1, _), (h2, _) = res[1], res[2]
-    print(f"\n[sft 1 vs 2 ranks] losses {[s['loss'] for s in h1[0]]} vs {[s['loss'] for s in h2[0]]}")
-    for s1, s2 in zip(h1[0], h2[0]):  # global token-mean losses of steps 1 and 2 (step 2 follows the updates)
+    (h1, _), (h2, _), (hm, _) = res[1], res[2], res["micro"]
+    print(f"\n[sft 1 vs 2 ranks vs micro] losses {[s['loss'] for s in h1[0]]} vs {[s['loss'] for s in h2[0]]} "
+          f"vs {[s['loss'] for s in hm[0]]}")
+    for s1, s2, sm in zip(h1[0], h2[0], hm[0]):  # global token-mean losses of steps 1 and 2 (after the updates)
         assert abs(s1["loss"] - s2["loss"]) <= TOL_LOSS * s1["loss"] and s1["tokens"] == s2["tokens"]
+        assert abs(s1["loss"] - sm["loss"]) <= TOL_LOSS * s1["loss"] and s1["tokens"] == sm["tokens"]
     assert h2[0][1]["loss"] == h2[1][1]["loss"]
 
 

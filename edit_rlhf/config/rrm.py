@@ -57,6 +57,8 @@ class VLLMEngineConfig:
     in_process: bool = True  # engine core in the calling process (no extra process; VLLM_ENABLE_V1_MULTIPROCESSING=0)
     cpu_kvcache_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE (CPU backend only)
     cpu_threads: Optional[int] = None  # OpenMP threads of the CPU backend (None = the actor's torch threads)
+    weight_transfer: Optional[str] = None  # nccl: engine joins the learner's NCCL weight sync (set by the pipeline)
+    load_format: Optional[str] = None  # vLLM load_format; "dummy" = random weights from config.json (smoke tests)
 
     def check(self) -> None:
         _one_of("dtype", self.dtype, DTYPES)
@@ -65,6 +67,8 @@ class VLLMEngineConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
         _at_least("max_num_seqs", self.max_num_seqs, 1)
+        if self.weight_transfer is not None:
+            _one_of("weight_transfer", self.weight_transfer, ("nccl",))
         _at_least("max_images", self.max_images, 2)
         if self.distributed_executor_backend is not None:
             _one_of("distributed_executor_backend", self.distributed_executor_backend, ("mp", "ray", "uni"))

@@ -134,6 +134,7 @@ class RRMSFTConfig:
     seed: int = 0
     steps: int = 1000
     batch_size: int = 16  # global; split evenly over the learner ranks
+    micro_batch_size: int = 0  # sequences per forward/backward on a rank (0: the rank's whole share at once)
     log_every: int = 25  # optimizer steps per learner call (one MLflow point, one progress-bar tick)
     eval_every: int = 0  # 0: evaluate at the start and the end only
     save_every: int = 0  # 0: checkpoint only at the end
@@ -158,6 +159,12 @@ class RRMSFTConfig:
         _positive("save_every", self.save_every, strict=False)
         if self.batch_size % self.learner.size:
             raise ValueError(f"batch_size: {self.batch_size} must be divisible by learner.size={self.learner.size}")
+        per_rank = self.batch_size // self.learner.size
+        if self.micro_batch_size < 0 or (self.micro_batch_size and per_rank % self.micro_batch_size):
+            raise ValueError(f"micro_batch_size: must divide the {per_rank} sequences per rank, got {self.micro_batch_size}")
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage: 3 partitions the weights, but evaluation and export read them on "
+                             "rank 0 only; use 2 (a 7B RRM fits: see `edit-rlhf plan`)")
         for k in ("eval_every", "save_every"):
             v = getattr(self, k)
             if v and v % self.log_every:
@@ -226,16 +233,20 @@ class GCPORolloutConfig(PoolConfig):
 
 @dataclass
 class WeightSyncConfig:
-    """Learner -> engines after each update: one object (flat per-dtype buckets of <= bucket_mb) put once
-    and loaded by every engine in one call; the engines' reported versions must equal the learner's.
+    """Learner -> engines after each update (`transport`, edit_rlhf.transport): one object (flat per-dtype
+    buckets of <= bucket_mb) put once and loaded by every engine in one call (object_store), or a GPU-to-GPU
+    NCCL broadcast through vLLM's weight-transfer engine (nccl); the engines' reported versions must equal the
+    learner's.
     `probe`: re-score one fixed trace on engine 0 and the learner after each sync (log-prob agreement)."""
 
     bucket_mb: float = 64.0
     trainable_only: bool = True  # a frozen vision tower is never sent
     probe: bool = True
+    transport: str = "auto"  # auto: nccl when learner and vLLM engines are on GPUs, else object_store
 
     def check(self) -> None:
         _positive("bucket_mb", self.bucket_mb)
+        _choice("transport", self.transport, {"auto", "object_store", "nccl"})
 
 
 @dataclass
@@ -297,6 +308,11 @@ class RRMGCPOConfig:
         _positive("steps", self.steps)
         _positive("eval_every", self.eval_every, strict=False)
         _positive("save_every", self.save_every, strict=False)
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage: 3 partitions the weights, but evaluation, export and weight sync "
+                             "read them on rank 0 only; use 2 (a 7B RRM fits: see `edit-rlhf plan`)")
+        if self.sync.transport == "nccl" and self.rollout.engine.backend != "vllm":
+            raise ValueError("sync.transport: nccl needs the vLLM backend (rollout.engine.backend=vllm)")
         if self.rollout.engine.backend == "vllm" and self.rollout.num_gpus:
             tp = self.rollout.engine.vllm.tensor_parallel_size
             if self.rollout.num_gpus != tp:

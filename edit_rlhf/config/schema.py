@@ -63,10 +63,12 @@ class PoolConfig:
     strategy: str = "PACK"
     max_restarts: int = 0
     placement_timeout_s: float = 1800.0  # wait for the bundles: an autoscaler takes minutes to add GPU nodes
+    gpu_memory_gb: Optional[float] = None  # GPU size of the pool's node type (GiB): `edit-rlhf plan` checks it
 
     def check(self) -> None:
         _positive("size", self.size)
         _positive("placement_timeout_s", self.placement_timeout_s)
+        _positive("gpu_memory_gb", self.gpu_memory_gb)
         _positive("num_cpus", self.num_cpus, strict=False)
         _positive("num_gpus", self.num_gpus, strict=False)
         _choice("strategy", self.strategy, {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"})
@@ -86,9 +88,16 @@ class EditorConfig:
     resolution: int = 64
     max_sequence_length: int = 32
     guidance_scale: float = 2.5  # Kontext is guidance-distilled: an embedding, no CFG pass
+    # memory on a rollout actor (edit_rlhf.models.memory): where CLIP/T5 live, prompt-embedding cache, VAE decode
+    text_encoders: str = "device"  # device | cpu (T5-XXL is 9.5 GB in bf16: keep it off the rollout GPU)
+    prompt_cache: int = 0  # embeddings of the last N instructions kept (each prompt encoded once); 0 = off
+    vae_slicing: bool = False  # decode a group one image at a time
+    vae_tiling: bool = False  # decode in overlapping tiles (large resolutions)
 
     def check(self) -> None:
         _choice("dtype", self.dtype, {"float32", "bfloat16", "float16"})
+        _choice("text_encoders", self.text_encoders, {"device", "cpu"})
+        _positive("prompt_cache", self.prompt_cache, strict=False)
         _positive("resolution", self.resolution)
         if self.resolution % 16:
             raise ValueError(f"resolution: must be a multiple of 16 (VAE x8, 2x2 packing), got {self.resolution}")
@@ -212,13 +221,14 @@ class ScheduleConfig:
 class LearnerConfig(PoolConfig):
     """K DeepSpeed ranks in one torch.distributed group (pool size = number of ranks)."""
 
-    zero_stage: int = 2
+    zero_stage: int = 2  # 3 also partitions the weights: the RRM learners (full fine-tune) only
     backend: str = "auto"  # auto = nccl on GPU, gloo on CPU
     master_port: Optional[int] = None  # None = pick a free port
+    gradient_checkpointing: bool = False  # keep only each block's inputs; recompute activations in backward
 
     def check(self) -> None:
         super().check()
-        _choice("zero_stage", self.zero_stage, {0, 1, 2})
+        _choice("zero_stage", self.zero_stage, {0, 1, 2, 3})
         _choice("backend", self.backend, {"auto", "gloo", "nccl"})
 
 
@@ -360,6 +370,9 @@ class GRPOConfig:
             raise ValueError(
                 f"algo: prompts_per_step*group_size={per_step} must be divisible by "
                 f"learner.size*algo.num_minibatches={div} so every rank gets equal minibatches")
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage: 3 partitions the weights, which the editor's LoRA learner does not "
+                             "gather (the frozen base stays replicated); use 2")
         rows = per_step // div * self.sampling.train_timesteps
         if self.algo.micro_batch_size and rows % self.algo.micro_batch_size:
             raise ValueError(f"algo: micro_batch_size={self.algo.micro_batch_size} must divide the "

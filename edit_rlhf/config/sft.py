@@ -100,6 +100,9 @@ class EditorSFTConfig:
         if self.flow.batch_size % self.learner.size:
             raise ValueError(f"flow.batch_size: {self.flow.batch_size} must be divisible by "
                              f"learner.size={self.learner.size} (every rank gets an equal share)")
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage: 3 partitions the weights, but evaluation and export read them on "
+                             "rank 0 only; use 2")
         for k in ("eval_every", "save_every"):
             v = getattr(self, k)
             if v and v % self.log_every:

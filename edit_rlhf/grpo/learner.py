@@ -16,6 +16,7 @@ import torch
 from edit_rlhf.algorithms.flow_grpo import clipped_policy_loss, kl_to_reference, sde_step
 from edit_rlhf.models.kontext import KontextCondition, kontext_velocity
 from edit_rlhf.models.lora import add_lora, get_lora_state, lora_metadata, save_lora
+from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.distributed import deepspeed_engine, init_process_group
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.runtime import resolve_dtype
@@ -87,17 +88,20 @@ class _AdaptersOff:
 class GRPOLearner:
     """One rank. `cfg` is a GRPOConfig; `rank`/`world` place it in the process group."""
 
-    def __init__(self, cfg, rank: int, world: int, master_addr: str, master_port: int):
+    def __init__(self, cfg, rank: int, world: int, master_addr: str, master_port: int, transformer=None):
+        """`transformer`: a built Kontext transformer instead of loading `editor.path` (scripts/gpu_smoke.py)."""
         from diffusers import FluxTransformer2DModel
 
         self.cfg = cfg
         self.rank, self.world = rank, world
         self.device = init_process_group(rank, world, master_addr, master_port, cfg.editor.device,
                                          cfg.learner.backend)
-        tr = FluxTransformer2DModel.from_pretrained(cfg.editor.path, subfolder="transformer",
-                                                    torch_dtype=resolve_dtype(cfg.editor.dtype))
+        tr = transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(
+            cfg.editor.path, subfolder="transformer", torch_dtype=resolve_dtype(cfg.editor.dtype))
         lc = cfg.lora
         self.trainable = add_lora(tr, lc.rank, lc.alpha, lc.target_modules, lc.init, lc.seed)
+        if cfg.learner.gradient_checkpointing:
+            enable_checkpointing(tr)
         tr.to(self.device).train()
         a = cfg.algo
         rows = a.prompts_per_step * a.group_size // (world * a.num_minibatches) * cfg.sampling.train_timesteps

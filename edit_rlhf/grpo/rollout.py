@@ -25,13 +25,16 @@ def generators(seeds: Sequence[int]) -> List[torch.Generator]:
 
 
 class EditorRollout:
-    def __init__(self, cfg, datasets: Dict[str, str], worker_id: str = "rollout-0"):
-        """cfg: GRPOConfig (editor, lora, sampling used); datasets: split name -> path."""
+    def __init__(self, cfg, datasets: Dict[str, str], worker_id: str = "rollout-0", pipe=None):
+        """cfg: GRPOConfig (editor, lora, sampling used); datasets: split name -> path; `pipe`: a built
+        FluxKontextPipeline instead of loading `editor.path` (scripts/gpu_smoke.py)."""
         self.cfg = cfg
         self.worker_id = worker_id
         self.device = resolve_device(cfg.editor.device)
-        self.editor = KontextEditor(cfg.editor.path, cfg.editor.resolution, cfg.editor.max_sequence_length,
-                                    cfg.editor.guidance_scale, self.device, resolve_dtype(cfg.editor.dtype))
+        e = cfg.editor
+        self.editor = KontextEditor(e.path, e.resolution, e.max_sequence_length, e.guidance_scale, self.device,
+                                    resolve_dtype(e.dtype), e.text_encoders, e.prompt_cache, e.vae_slicing,
+                                    e.vae_tiling, pipe=pipe)
         lc = cfg.lora
         add_lora(self.editor.transformer, lc.rank, lc.alpha, lc.target_modules, lc.init, lc.seed)
         self.editor.transformer.eval()

@@ -8,6 +8,7 @@ scheduler's with FLUX's resolution-dependent shift.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -91,16 +92,33 @@ def to_uint8(images) -> np.ndarray:
 class KontextEditor:
     """A FluxKontextPipeline loaded by path, with the pieces Flow-GRPO needs.
 
-    Text encoders and VAE are frozen; only `transformer` is trained (through LoRA)."""
+    Text encoders and VAE are frozen; only `transformer` is trained (through LoRA). Memory switches (defaults
+    keep everything on `device`): `text_encoders="cpu"` keeps CLIP and T5 on the CPU (`editor_placement`);
+    `prompt_cache=N` keeps the embeddings of the last N instructions (each prompt is encoded once);
+    `vae_slicing` decodes a batch one image at a time, `vae_tiling` in overlapping tiles."""
 
     def __init__(self, path: str, resolution: int, max_sequence_length: int = 32, guidance_scale: float = 2.5,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, text_encoders: str = "device", prompt_cache: int = 0,
+                 vae_slicing: bool = False, vae_tiling: bool = False, pipe=None):
+        """`pipe`: an already built FluxKontextPipeline instead of loading `path` (scripts/gpu_smoke.py)."""
         from diffusers import FluxKontextPipeline
 
-        self.pipe = FluxKontextPipeline.from_pretrained(path, torch_dtype=dtype)
+        from edit_rlhf.models.memory import editor_placement
+
+        self.pipe = pipe if pipe is not None else FluxKontextPipeline.from_pretrained(path, torch_dtype=dtype)
         self.device = torch.device(device or "cpu")
-        self.pipe.to(self.device)
+        self.placement = editor_placement(text_encoders)
+        for name, where in self.placement.items():  # component by component: T5 never visits the GPU if 'cpu'
+            getattr(self.pipe, name).to(self.device if where == "device" else torch.device("cpu"))
+        self.text_device = self.device if self.placement["text_encoder_2"] == "device" else torch.device("cpu")
         self.pipe.set_progress_bar_config(disable=True)
+        if vae_slicing:
+            self.pipe.vae.enable_slicing()
+        if vae_tiling:
+            self.pipe.vae.enable_tiling()
+        self.prompt_cache = int(prompt_cache)
+        self._prompts: "OrderedDict[str, tuple]" = OrderedDict()
+        self.prompt_stats = {"hits": 0, "misses": 0}
         for m in (self.pipe.vae, self.pipe.text_encoder, self.pipe.text_encoder_2):
             m.requires_grad_(False).eval()
         self.transformer.requires_grad_(False)
@@ -128,9 +146,7 @@ class KontextEditor:
         pipeline does) and B instructions."""
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
-        pe, pooled, text_ids = self.pipe.encode_prompt(prompt=list(instructions), prompt_2=None, device=self.device,
-                                                       num_images_per_prompt=1,
-                                                       max_sequence_length=self.max_sequence_length)
+        pe, pooled, text_ids = self.encode_prompts(instructions)
         from edit_rlhf.data.images import editor_view
 
         r = self.resolution
@@ -140,6 +156,33 @@ class KontextEditor:
         _, image_latents, latent_ids, image_ids = self.pipe.prepare_latents(
             img_t, len(pil), self.num_channels, r, r, pe.dtype, self.device, None)
         return KontextCondition(pe, pooled, text_ids, image_latents, torch.cat([latent_ids, image_ids], dim=0))
+
+    @torch.no_grad()
+    def encode_prompts(self, instructions: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prompt_embeds (B, S, D), pooled (B, Dp), text_ids (S, 3)) on `device`, encoded where the text encoders
+        live; with `prompt_cache` each distinct instruction is encoded once (kept on the CPU)."""
+        instructions = list(instructions)
+        if not self.prompt_cache:
+            pe, pooled, ids = self.pipe.encode_prompt(prompt=instructions, prompt_2=None, device=self.text_device,
+                                                      num_images_per_prompt=1,
+                                                      max_sequence_length=self.max_sequence_length)
+            return pe.to(self.device), pooled.to(self.device), ids.to(self.device)
+        todo = [s for s in dict.fromkeys(instructions) if s not in self._prompts]
+        self.prompt_stats["hits"] += len(instructions) - len(todo)
+        self.prompt_stats["misses"] += len(todo)
+        if todo:
+            pe, pooled, ids = self.pipe.encode_prompt(prompt=todo, prompt_2=None, device=self.text_device,
+                                                      num_images_per_prompt=1,
+                                                      max_sequence_length=self.max_sequence_length)
+            for k, s in enumerate(todo):
+                self._prompts[s] = (pe[k].cpu(), pooled[k].cpu(), ids.cpu())
+        for s in instructions:
+            self._prompts.move_to_end(s)
+        while len(self._prompts) > self.prompt_cache:
+            self._prompts.popitem(last=False)
+        rows = [self._prompts[s] for s in instructions]
+        return (torch.stack([r[0] for r in rows]).to(self.device), torch.stack([r[1] for r in rows]).to(self.device),
+                rows[0][2].to(self.device))
 
     def initial_noise(self, generators: List[torch.Generator]) -> torch.Tensor:
         """x_T for B samples, one generator each (as the pipeline draws it): (B, L, C) fp32."""

@@ -67,6 +67,10 @@ class VLLMEngine:
             enable_prefix_caching=cfg.enable_prefix_caching)
         if cfg.distributed_executor_backend:
             kw["distributed_executor_backend"] = cfg.distributed_executor_backend
+        if cfg.weight_transfer:  # the learner broadcasts weights into the workers (edit_rlhf.transport)
+            kw["weight_transfer_config"] = {"backend": cfg.weight_transfer}
+        if cfg.load_format:
+            kw["load_format"] = cfg.load_format
         import torch
 
         if not torch.cuda.is_available():
@@ -173,6 +177,26 @@ class VLLMEngine:
         self.llm.llm_engine.reset_encoder_cache()
         self.version += 1
         return self.version
+
+    def weight_transfer(self, method: str, *args):
+        """vLLM's weight-transfer control plane (`LLM.init_weight_transfer_engine`, `start_weight_update`,
+        `update_weights`, `finish_weight_update`), driven by the learner's NCCL sender (edit_rlhf.transport).
+        `finish_weight_update` also re-ties embeddings, drops caches computed with the old weights and returns the
+        new weight version."""
+        if method == "init_weight_transfer_engine":
+            return self.llm.init_weight_transfer_engine({"init_info": args[0]})
+        if method == "start_weight_update":
+            return self.llm.start_weight_update()
+        if method == "update_weights":
+            return self.llm.update_weights({"update_info": args[0]})
+        if method == "finish_weight_update":
+            self.llm.finish_weight_update()
+            self.llm.apply_model(_retie_embeddings)
+            self.llm.reset_prefix_cache()
+            self.llm.llm_engine.reset_encoder_cache()
+            self.version += 1
+            return self.version
+        raise ValueError(f"unknown weight-transfer call {method!r}")
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

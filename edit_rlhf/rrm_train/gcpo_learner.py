@@ -20,6 +20,7 @@ import torch
 
 from edit_rlhf.algorithms.gcpo import token_mean_clip_loss
 from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
+from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.rrm.engine import GenRequest, to_pil
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf, sync_weights
 from edit_rlhf.rrm_train.sync import WeightBuckets
@@ -105,6 +106,8 @@ class GCPOLearner:
         torch.manual_seed(cfg.seed)
         model, self.processor = load_rrm(cfg.model.path, cfg.model.dtype, cfg.model.device)
         model, self.trainable = prepare(model, cfg.model, cfg.seed)
+        if cfg.learner.gradient_checkpointing:
+            enable_checkpointing(model)
         model.train()
         self.micro = cfg.algo.micro_batch_size
         params = [p for p in model.parameters() if p.requires_grad]
@@ -245,6 +248,27 @@ class GCPOLearner:
         """The weights the engines need (merged, HF names), packed, tagged with the current version."""
         return WeightBuckets(sync_weights(self.module, self.cfg.sync.trainable_only),
                              int(self.cfg.sync.bucket_mb * (1 << 20)), self.version)
+
+    def nccl_sync_init(self, handles, tp: int, master_addr: str, master_port: int) -> bool:
+        """Open (or reopen) the NCCL weight sync to the vLLM engines `handles` (rank 0 sends; the other ranks
+        hold full replicas under ZeRO <= 2 and take no part)."""
+        if getattr(self, "_nccl", None) is not None:
+            self._nccl.close()
+            self._nccl = None
+        if self.rank != 0:
+            return False
+        from edit_rlhf.rrm_train.model import trainable_names
+        from edit_rlhf.transport import NCCLSender
+
+        names = set(trainable_names(self.module)) if self.cfg.sync.trainable_only else None
+        self._nccl = NCCLSender(self.module, names, handles, tp, self.rank, master_addr, master_port)
+        return True
+
+    def nccl_sync(self) -> List[int]:
+        """Broadcast the current weights (version `self.version`); the engines' versions (rank 0) or []."""
+        if getattr(self, "_nccl", None) is None:
+            return []
+        return self._nccl.send(self.version)
 
     def weights_digest(self) -> float:
         """A cheap fingerprint of the trainable weights (equivalence checks across rank counts)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
+from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
 from edit_rlhf.vlm.attention import batched_vision_attention
@@ -60,11 +61,14 @@ class RRMSFTLearner:
         torch.manual_seed(cfg.seed)
         model, self.processor = load_rrm(cfg.model.path, cfg.model.dtype, cfg.model.device)
         model, self.trainable = prepare(model, cfg.model, cfg.seed)
+        if cfg.learner.gradient_checkpointing:
+            enable_checkpointing(model)
         model.train()
         self.per_rank = cfg.batch_size // world
+        self.micro = cfg.micro_batch_size or self.per_rank  # sequences per forward/backward
         params = [p for p in model.parameters() if p.requires_grad]
-        self.engine = deepspeed_engine(model, params, cfg.optim, cfg.learner.zero_stage, self.per_rank, 1,
-                                       cfg.model.dtype)
+        self.engine = deepspeed_engine(model, params, cfg.optim, cfg.learner.zero_stage, self.micro,
+                                       self.per_rank // self.micro, cfg.model.dtype)
         self.data = TraceDataset(cfg.data.train, cfg.data.validate)
         self.eval_data = TraceDataset(cfg.data.eval) if cfg.data.eval else None
         self.pairs = load_pairs(cfg.data.pairs_eval).head(cfg.data.pairs_eval_size) if cfg.data.pairs_eval else None
@@ -76,9 +80,10 @@ class RRMSFTLearner:
         return chat_example(row["instruction"], row["principles"], row["source_image"], row["edited_image"],
                             row["trace_text"] if with_answer else None, p.style, p.system)
 
-    def rank_batch(self, step: int) -> Dict[str, torch.Tensor]:
+    def rank_batch(self, step: int, part: slice = slice(None)) -> Dict[str, torch.Tensor]:
+        """This rank's share of step `step`'s global batch (its `part`, a micro-batch, when given)."""
         idx = batch_indices(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
-        mine = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        mine = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank][part]
         batch = collate(self.processor, [self.example(self.data.row(int(i))) for i in mine])
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -108,13 +113,25 @@ class RRMSFTLearner:
                 lr = schedule_lr(self.cfg.optim.lr, self.step, self.cfg.steps, self.cfg.schedule)
                 for g in self.engine.optimizer.param_groups:
                     g["lr"] = lr
-                batch = self.rank_batch(self.step)
-                n_tok = (batch["labels"][:, 1:] != IGNORE).sum()
-                (g_tok,) = self._all_sum(n_tok)
-                ce, tok, hits = token_ce(self.engine, batch)
-                # sum over this rank's tokens, scaled so DeepSpeed's mean over ranks is the global token mean
-                self.engine.backward(ce * (self.world / max(1.0, float(g_tok))))
-                self.engine.step()
+                if self.micro == self.per_rank:
+                    batch = self.rank_batch(self.step)
+                    n_tok = (batch["labels"][:, 1:] != IGNORE).sum()
+                    (g_tok,) = self._all_sum(n_tok)
+                    ce, tok, hits = token_ce(self.engine, batch)
+                    # sum over this rank's tokens, scaled so DeepSpeed's mean over ranks is the global token mean
+                    self.engine.backward(ce * (self.world / max(1.0, float(g_tok))))
+                    self.engine.step()
+                else:  # micro-batches accumulate into one optimizer step (DeepSpeed steps on the last one)
+                    parts = [self.rank_batch(self.step, slice(s, s + self.micro))
+                             for s in range(0, self.per_rank, self.micro)]
+                    n_tok = sum((b["labels"][:, 1:] != IGNORE).sum() for b in parts)
+                    (g_tok,) = self._all_sum(n_tok)
+                    ce = hits = 0
+                    for b in parts:
+                        c, _, h = token_ce(self.engine, b)
+                        self.engine.backward(c * (self.world / max(1.0, float(g_tok))), scale_wrt_gas=False)
+                        self.engine.step()
+                        ce, hits = ce + c.detach(), hits + h
                 s_ce, s_hits = self._all_sum(ce, hits)
                 gn = self.engine.get_global_grad_norm()
                 self.step += 1

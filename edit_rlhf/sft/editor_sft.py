@@ -18,6 +18,7 @@ import torch
 from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.models.kontext import KontextCondition, KontextEditor, kontext_velocity
 from edit_rlhf.models.lora import add_lora, get_lora_state, lora_metadata, save_lora
+from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.runtime import resolve_dtype
 from edit_rlhf.sft.editor_data import EncodedTriples, encode_triples, load_triples
 from edit_rlhf.sft.editor_eval import probe_eval
@@ -87,6 +88,8 @@ class EditorSFTLearner:
             add_lora(tr, lc.rank, lc.alpha, lc.target_modules, lc.init, lc.seed)
         else:
             tr.requires_grad_(True)
+        if cfg.learner.gradient_checkpointing:
+            enable_checkpointing(tr)
         wrapped = SFTModule(self.editor, cfg.train_text_encoders)
         if cfg.train_text_encoders:
             for m in (wrapped.text_encoder, wrapped.text_encoder_2):
