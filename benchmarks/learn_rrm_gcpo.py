@@ -51,6 +51,21 @@ def paired_with_ties(before, after) -> dict:
             "down": sum(y < x for x, y in zip(cb, ca)), "z": p["z"]}
 
 
+def oracle_figures(path: str, size: int) -> dict:
+    """The sandbox oracle's pairwise figures on the same held-out pairs (first `size` rows, ties dropped as the
+    RRM evaluation drops them); {} when the pairs carry no oracle scores (real data)."""
+    from edit_rlhf.data.prompts import load_hf_dataset
+    from edit_rlhf.rrm_train.metrics import oracle_pairwise_metrics
+
+    ds = load_hf_dataset(path)
+    if not {"score_a", "score_b", "preferred"} <= set(ds.column_names):
+        return {}
+    ds = ds.select_columns(["preferred", "score_a", "score_b"])
+    rows = [ds[i] for i in range(len(ds) if not size else min(size, len(ds)))]
+    rows = [r for r in rows if str(r["preferred"]).strip().lower() in ("a", "b")]
+    return oracle_pairwise_metrics([dict(r, preferred=str(r["preferred"]).strip().lower()) for r in rows])
+
+
 def run(cfg) -> dict:
     from edit_rlhf.pipelines.rrm_gcpo import RRMGCPOTrainer
 
@@ -133,6 +148,18 @@ def main(argv=None) -> dict:
         "seconds": round(time.time() - t0, 1),
     }
     report["accuracy_gain"] = report["gcpo_pairwise_accuracy"] - report["sft_pairwise_accuracy"]
+    # every accuracy beside its chance level and the sandbox oracle's own accuracy on the same (noisy) labels
+    from edit_rlhf.rrm_train.metrics import against_chance_and_oracle
+
+    orc = oracle_figures(cfg.data.eval, cfg.data.eval_size)
+    oracle_acc = orc.get("accuracy")
+    report["oracle_pairwise_accuracy"] = oracle_acc  # the oracle never ties here: strict = with ties
+    report["accuracy_vs_chance_and_oracle"] = {
+        "sft_strict": against_chance_and_oracle(report["sft_pairwise_accuracy"], report["chance_strict_sft"], oracle_acc),
+        "gcpo_strict": against_chance_and_oracle(report["gcpo_pairwise_accuracy"], report["chance_strict_gcpo"],
+                                                 oracle_acc),
+        "sft_with_ties": against_chance_and_oracle(report["sft_pairwise_accuracy_with_ties"], 0.5, oracle_acc),
+        "gcpo_with_ties": against_chance_and_oracle(report["gcpo_pairwise_accuracy_with_ties"], 0.5, oracle_acc)}
     k = cfg.eval.avg_k
     if k and f"eval/avg{k}/accuracy" in first:  # Avg@k (same per-pair seeds at both evaluations)
         report[f"avg{k}"] = {

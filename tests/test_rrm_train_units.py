@@ -332,3 +332,19 @@ def test_paired_with_ties_change_counts_ties_half_and_unscored_as_losses():
     assert r["z"] == pytest.approx(0.5 / (math.sqrt(1 / 6) / 2))   # mean / (sd / sqrt(n)), sd of (0, .5, .5, 1)
     same = paired_with_ties(before, before)
     assert same["mean_change"] == 0.0 and same["z"] == 0.0 and same["up"] == same["down"] == 0
+
+
+def test_oracle_pairwise_metrics_counts_flipped_labels_against_the_oracle():
+    from edit_rlhf.rrm_train.metrics import against_chance_and_oracle, oracle_pairwise_metrics
+
+    rows = [{"preferred": "a", "score_a": 9.0, "score_b": 2.0},   # oracle agrees
+            {"preferred": "b", "score_a": 1.0, "score_b": 7.5},   # agrees
+            {"preferred": "a", "score_a": 3.0, "score_b": 8.0},   # a flipped label: the oracle is "wrong"
+            {"preferred": "b", "score_a": 5.0, "score_b": 5.0}]   # equal oracle scores: a tie
+    m = oracle_pairwise_metrics(rows)
+    assert m["pairs"] == 4 and m["accuracy"] == 0.5 and m["accuracy_with_ties"] == 0.625 and m["tie_rate"] == 0.25
+    with pytest.raises(ValueError, match="pair row 1"):
+        oracle_pairwise_metrics([rows[0], {"preferred": "same", "score_a": 1.0, "score_b": 2.0}])
+    r = against_chance_and_oracle(0.7, 0.5, 0.9)
+    assert r["of_headroom"] == pytest.approx(0.5) and r["oracle"] == 0.9
+    assert "of_headroom" not in against_chance_and_oracle(0.7, 0.5, None)

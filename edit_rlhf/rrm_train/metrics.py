@@ -59,6 +59,31 @@ def pairwise_metrics(scores_w: Sequence[Optional[float]], scores_l: Sequence[Opt
     return m
 
 
+def oracle_pairwise_metrics(pairs: Sequence[Dict]) -> Dict[str, float]:
+    """The sandbox oracle's own pairwise figures on preference pairs (rows with `preferred` in {'a', 'b'} and the
+    oracle's `score_a` / `score_b`), computed exactly as an RRM's: the ceiling a judge reaches on these labels,
+    which are noisy (flipped labels count against the oracle as they would against any judge)."""
+    w, l = [], []
+    for i, r in enumerate(pairs):
+        pref = r.get("preferred")
+        if pref not in ("a", "b") or "score_a" not in r or "score_b" not in r:
+            raise ValueError(f"pair row {i}: needs preferred in {{'a', 'b'}} and score_a / score_b, got "
+                             f"preferred={pref!r}, keys {sorted(r)}")
+        other = "b" if pref == "a" else "a"
+        w.append(float(r[f"score_{pref}"]))
+        l.append(float(r[f"score_{other}"]))
+    return pairwise_metrics(w, l)
+
+
+def against_chance_and_oracle(accuracy: float, chance: Optional[float], oracle: Optional[float]) -> Dict[str, float]:
+    """An accuracy beside its chance level and the oracle's accuracy on the same labels: the fraction of the way
+    from chance to the oracle ceiling it covers (`of_headroom`; 0 = chance, 1 = as good as the oracle)."""
+    out = {"accuracy": accuracy, "chance": chance, "oracle": oracle}
+    if chance is not None and oracle is not None and oracle > chance:
+        out["of_headroom"] = (accuracy - chance) / (oracle - chance)
+    return out
+
+
 def avg_at_k(verdicts: Sequence[Verdict], unparsed: str = "drop") -> Optional[float]:
     """Mean score of the parsable verdicts (Avg@k); none parsable -> None (`drop`) or 0.0 (`lowest`)."""
     s = [v.score for v in verdicts if v.ok]
