@@ -52,7 +52,8 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
             "eval_probes=true"] + ([f"steps={steps}"] if steps else []) + list(overrides)
     t0 = time.time()
     results = {}
-    for name, extra in (("treatment", []), ("control", ["optim.lr=0"])):
+    # the control's weights never move: it is evaluated at the start and the end only, without probes
+    for name, extra in (("treatment", []), ("control", ["optim.lr=0", "eval_every=0", "eval_probes=false"])):
         cfg = load_config(GRPOConfig, config, base + extra + [f"output_dir={out_root}/seed{seed}_{name}",
                                                               f"tracking.run_name=learn-{name}-seed{seed}"])
         results[name] = run(cfg)

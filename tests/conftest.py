@@ -9,6 +9,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "sandbox_tiny.yaml")
+# The GRPO settings the pipeline tests were sized on (before issue 15 changed the main job's defaults to what
+# replicates on the shipped editor: an SDE window, shared group noise, global std, KL, cosine lr, 8 eval repeats)
+OLD_GRPO = ["sampling.sde_steps=0", "sampling.same_noise_in_group=false", "algo.global_std=false", "algo.beta=0",
+            "schedule.kind=constant", "data.eval_repeats=1", "steps=30", "eval_every=10", "save_every=10"]
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +63,7 @@ def grpo_cfg(tiny_models, sandbox_dir, tmp_path):
                 "tracking.log_images_every=2",
                 # the random tiny editor: the settings its tests were sized on (the default's suit the shipped one)
                 "sampling.num_steps=4", "sampling.train_timesteps=3", "sampling.noise_level=0.9", "optim.lr=1e-2",
-                "reward.scorer=similarity"]
+                "reward.scorer=similarity", *OLD_GRPO]
         return load_config(GRPOConfig, TINY_CONFIG, base + list(overrides))
 
     return make

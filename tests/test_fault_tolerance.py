@@ -82,7 +82,7 @@ def test_driver_killed_mid_step_then_resumed_in_a_new_process(tiny_models, sandb
             "--quiet", f"editor.path={tiny_models['editor']}", f"data.train={sandbox_dir}/prompts_train",
             "data.eval=null", f"output_dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns", "steps=4",
             "save_every=1", "prepare.build_missing=false", "algo.prompts_per_step=2", "algo.group_size=4",
-            "cluster.num_cpus=8", "sampling.num_steps=4", "sampling.train_timesteps=3"]
+            "cluster.num_cpus=8", "sampling.num_steps=4", "sampling.train_timesteps=3", "sampling.sde_steps=0"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(EDIT_RLHF_FAULTS="driver:step:3", RAY_AUTH_MODE="disabled")
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ def rrm_cfg(tiny_models, sandbox_dir, tmp_path):
     """A small GRPO config from configs/sandbox_tiny_rrm.yaml on the session's tiny models and sandbox."""
     from edit_rlhf.config import GRPOConfig, load_config
 
-    from conftest import ROOT
+    from conftest import OLD_GRPO, ROOT
 
     def make(*overrides):
         base = [f"editor.path={tiny_models['editor']}", f"reward.rrm.path={tiny_models['rrm']}",
@@ -20,7 +20,7 @@ def rrm_cfg(tiny_models, sandbox_dir, tmp_path):
                 f"output_dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns", "prepare.build_missing=false",
                 "data.eval_size=2", "algo.prompts_per_step=2", "algo.group_size=4", "tracking.log_images_every=1",
                 "reward.rrm.sampling.max_tokens=24", "eval_probes=false", "sampling.num_steps=4",
-                "sampling.train_timesteps=3"]
+                "sampling.train_timesteps=3", *OLD_GRPO]
         return load_config(GRPOConfig, f"{ROOT}/configs/sandbox_tiny_rrm.yaml", base + list(overrides))
 
     return make

@@ -63,7 +63,7 @@ def test_two_node_job_pools_on_their_nodes(tiny_models, sandbox_dir, tmp_path):
              "grpo", "--config", "configs/sandbox_tiny.yaml", "--quiet", f"editor.path={tiny_models['editor']}",
              f"data.train={sandbox_dir}/prompts_train", f"data.eval={sandbox_dir}/prompts_eval", "data.eval_size=2",
              "steps=2", "eval_every=0", "prepare.build_missing=false", "algo.prompts_per_step=2",
-             "sampling.num_steps=4", "sampling.train_timesteps=3",
+             "sampling.num_steps=4", "sampling.train_timesteps=3", "sampling.sde_steps=0",
              "algo.group_size=4", f"output_dir={out}", f"tracking.dir={tmp_path}/mlruns",
              "rollout.size=2", "rollout.num_cpus=1", "rollout.resources.rollout_node=1",
              "reward.size=1", "reward.num_cpus=1", "reward.resources.reward_node=1",

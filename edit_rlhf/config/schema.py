@@ -140,7 +140,7 @@ class SamplingConfig:
     #                     first k steps and deterministic (ODE) steps after it (Flow-GRPO-Fast / MixGRPO style)
     noise_level: float = 0.9  # a in sigma_t = a * sqrt(t / (1 - t))
     eval_num_steps: int = 8  # ODE (noise 0) steps for evaluation
-    same_noise_in_group: bool = False  # one initial noise x_T shared by the G samples of a group
+    same_noise_in_group: bool = True  # one initial noise x_T shared by the G samples of a group
 
     def check(self) -> None:
         _positive("num_steps", self.num_steps)
@@ -167,7 +167,7 @@ class GRPOAlgoConfig:
     clip_range: float = 1e-4  # PPO clip on exp(delta mean-logprob); tiny because log-probs are per-element means
     adv_clip_max: float = 5.0
     std_eps: float = 1e-4
-    global_std: bool = False  # normalise by the batch std instead of each group's
+    global_std: bool = True  # normalise by the batch std instead of each group's
     beta: float = 0.0  # KL coefficient to the LoRA-disabled reference
     kl_form: str = "flow_grpo"  # flow_grpo: |dmu|^2/(2 sigma_t^2); exact: |dmu|^2/(2 sigma_t^2 |dt|)
     num_minibatches: int = 2  # optimizer updates per rollout batch
@@ -348,8 +348,9 @@ class GRPOConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     algo: GRPOAlgoConfig = field(default_factory=GRPOAlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # per optimizer update (steps x num_minibatches in all); constant = Flow-GRPO's default
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=0, kind="constant",
+    # per optimizer update (steps x num_minibatches in all): cosine to 0 (issue 15: constant lr drifted back after
+    # its peak); kind=constant is Flow-GRPO's default
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_steps=0, kind="cosine",
                                                                             min_lr_ratio=0.0))
     rollout: PoolConfig = field(default_factory=PoolConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
