@@ -66,6 +66,11 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
         "eval_repeats": cfg.data.eval_repeats, "seconds": round(time.time() - t0, 1)}
     last_t, last_c = tr["per_prompt"][max(tr["per_prompt"])], ct["per_prompt"][max(ct["per_prompt"])]
     first_t, first_c = tr["per_prompt"][min(tr["per_prompt"])], ct["per_prompt"][min(ct["per_prompt"])]
+    if cfg.reward.scorer != "oracle" and "oracle_score" in last_t and "oracle_score" in last_c:
+        from edit_rlhf.stats import hacking_gap  # the reward is learned (RRM) or a proxy: does the oracle agree?
+
+        report["hacking_gap"] = hacking_gap(last_t["reward"], last_c["reward"], last_t["oracle_score"],
+                                            last_c["oracle_score"])
     for key in ("reward", "oracle_score"):
         if key in last_t and key in last_c:
             report[f"eval_{key}_paired"] = paired_prompts(last_t[key], last_c[key])  # the headline

@@ -48,3 +48,21 @@ def paired_prompts(treatment: Sequence[float], control: Sequence[float]) -> Dict
     mean = float(d.mean())
     z = mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
     return {"diff": mean, "se": se, "z": z, "n": n, "dropped": int((~ok).sum())}
+
+
+def hacking_gap(reward_t: Sequence[float], reward_c: Sequence[float], oracle_t: Sequence[float],
+                oracle_c: Sequence[float]) -> Dict[str, float]:
+    """How much of a learned reward's gain the independent judge (the oracle) does not confirm: the per-prompt
+    paired gains of the treatment over the control on the reward and on the oracle, each in units of the
+    control's own per-prompt std of that score, and their difference `gap` (reward gain - oracle gain).
+    A gap near 0: the judge agrees; a large positive gap: the policy found what the reward likes and the
+    judge does not (reward hacking)."""
+    out: Dict[str, float] = {}
+    for name, t, c in (("reward", reward_t, reward_c), ("oracle", oracle_t, oracle_c)):
+        p = paired_prompts(t, c)
+        sd = float(np.nanstd(np.asarray(c, float), ddof=1))
+        out[f"{name}_gain"] = p["diff"]
+        out[f"{name}_control_std"] = sd
+        out[f"{name}_gain_std_units"] = p["diff"] / sd if sd > 0 else math.nan
+    out["gap"] = out["reward_gain_std_units"] - out["oracle_gain_std_units"]
+    return out

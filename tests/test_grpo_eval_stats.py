@@ -94,3 +94,15 @@ def test_summary_line_leads_with_the_evaluation_and_its_noise():
     assert "oracle" not in parts[1].replace("eval reward", "")  # the reward is the oracle: not said twice
     s["eval_oracle_change"] = {**ch, "first": 2.5, "last": 2.4, "diff": -0.1, "z": -1.1}  # e.g. an RRM reward
     assert "oracle 2.5 -> 2.4 (-0.1" in summary_line(s).split(" | ")[1]
+
+
+def test_hacking_gap_is_reward_gain_minus_oracle_gain_in_control_std_units():
+    from edit_rlhf.stats import hacking_gap
+
+    rc, oc = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0]          # control std: reward 1.29, oracle 2.58
+    rt = [r + 1.29099 for r in rc]                                 # reward +1 control std on every prompt
+    g = hacking_gap(rt, rc, oc, oc)                                # oracle unchanged: the reward's gain is not real
+    assert g["reward_gain_std_units"] == pytest.approx(1.0, abs=1e-4) and g["oracle_gain_std_units"] == 0.0
+    assert g["gap"] == pytest.approx(1.0, abs=1e-4)
+    ot = [o + 2.58199 for o in oc]                                 # the oracle confirms the same gain: no gap
+    assert hacking_gap(rt, rc, ot, oc)["gap"] == pytest.approx(0.0, abs=1e-4)
