@@ -143,3 +143,22 @@ def test_pool_resize_mid_run(ray_cluster, grpo_cfg):
     assert m3["pool/rollout_1_served"] > 0  # the added actor, synced to the current policy, took work
     assert all(m["reward/failed"] == 0 and m["policy/rollout_version_lag"] == 0 for m in (m1, m2, m3, m4))
     assert all(m["throughput/rollout_samples_per_s"] > 0 for m in (m1, m2, m3, m4))
+
+
+def test_main_job_settings_keep_ratio_one_and_resume_exactly(ray_cluster, grpo_cfg, tmp_path):
+    """The main job's GRPO settings (an SDE window of 2 trained steps, KL to the base, one start noise per group,
+    global std, cosine lr): ratio 1 at every step's first minibatch, and an interrupted run resumed from its
+    checkpoint repeats the uninterrupted one (the lr schedule continues where it stopped)."""
+    keys = ("reward/mean", "train/loss", "train/ratio_mean", "train/kl", "train/grad_norm", "train/lr")
+    common = ("eval_every=0", "save_every=2", "data.eval=null", "optim.lr=1e-2", "sampling.num_steps=8",
+              "sampling.sde_steps=2", "sampling.train_timesteps=2", "sampling.same_noise_in_group=true",
+              "algo.global_std=true", "algo.beta=0.01", "schedule.kind=cosine")
+    full, _ = _run(grpo_cfg("steps=4", f"output_dir={tmp_path}/full", *common))
+    assert all(m["train/ratio_first_max_dev"] < 1e-5 for m in full.history)
+    assert full.history[0]["train/kl"] >= 0 and full.history[-1]["train/lr"] < full.history[0]["train/lr"]
+    _run(grpo_cfg("steps=2", f"output_dir={tmp_path}/resumed", *common))
+    part2, _ = _run(grpo_cfg("steps=4", f"output_dir={tmp_path}/resumed", "resume=auto", *common))
+    assert [m["step"] for m in part2.history] == [3, 4]
+    for a, b in zip(full.history[2:], part2.history):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["step"], k)
