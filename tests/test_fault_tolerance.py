@@ -149,6 +149,8 @@ def test_main_job_settings_keep_ratio_one_and_resume_exactly(ray_cluster, grpo_c
     """The main job's GRPO settings (an SDE window of 2 trained steps, KL to the base, one start noise per group,
     global std, cosine lr): ratio 1 at every step's first minibatch, and an interrupted run resumed from its
     checkpoint repeats the uninterrupted one (the lr schedule continues where it stopped)."""
+    from edit_rlhf.pipelines.grpo import LearnerFailed
+
     keys = ("reward/mean", "train/loss", "train/ratio_mean", "train/kl", "train/grad_norm", "train/lr")
     common = ("eval_every=0", "save_every=2", "data.eval=null", "optim.lr=1e-2", "sampling.num_steps=8",
               "sampling.sde_steps=2", "sampling.train_timesteps=2", "sampling.same_noise_in_group=true",
@@ -156,7 +158,10 @@ def test_main_job_settings_keep_ratio_one_and_resume_exactly(ray_cluster, grpo_c
     full, _ = _run(grpo_cfg("steps=4", f"output_dir={tmp_path}/full", *common))
     assert all(m["train/ratio_first_max_dev"] < 1e-5 for m in full.history)
     assert full.history[0]["train/kl"] >= 0 and full.history[-1]["train/lr"] < full.history[0]["train/lr"]
-    _run(grpo_cfg("steps=2", f"output_dir={tmp_path}/resumed", *common))
+    # interrupted in step 3 of the same 4-step run (a 2-step run would have its own cosine over 2 steps)
+    with pytest.raises(LearnerFailed):
+        _run(grpo_cfg("steps=4", f"output_dir={tmp_path}/resumed", *common,
+                      "cluster.actor_env.EDIT_RLHF_FAULTS=learner-0:train:3"))
     part2, _ = _run(grpo_cfg("steps=4", f"output_dir={tmp_path}/resumed", "resume=auto", *common))
     assert [m["step"] for m in part2.history] == [3, 4]
     for a, b in zip(full.history[2:], part2.history):

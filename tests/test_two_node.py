@@ -31,6 +31,17 @@ def _kill_cluster(temp_dir: str) -> None:
             pass
 
 
+def _ray_start(args, ports, env, tries: int = 3) -> None:
+    """`ray start` with fresh agent ports on each try: a port picked free can be taken by another process before
+    the node binds it (seen once in CI), which is the machine's race, not the feature under test."""
+    for attempt in range(tries):
+        r = subprocess.run(args + ports(), env=env, capture_output=True, text=True, timeout=180)
+        if r.returncode == 0:
+            return
+        _kill_cluster(next(a.split("=", 1)[1] for a in args if a.startswith("--temp-dir=")))  # a half-started node
+    raise AssertionError(f"`{' '.join(args[:3])}` failed {tries} times; last output:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+
+
 def test_two_node_job_pools_on_their_nodes(tiny_models, sandbox_dir, tmp_path):
     import ray
 
@@ -48,15 +59,13 @@ def test_two_node_job_pools_on_their_nodes(tiny_models, sandbox_dir, tmp_path):
 
     ray_bin = os.path.join(BIN, "ray")
     try:
-        subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=3", "--node-ip-address=127.0.0.1",
-                        "--resources", json.dumps({"learner_node": 2}), "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports()],
-                       env=env, check=True, capture_output=True, timeout=180)
+        _ray_start([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=3", "--node-ip-address=127.0.0.1",
+                    "--resources", json.dumps({"learner_node": 2}), "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats"], ports, env)
         # a joining node is a client of the head's GCS: with token auth on it must say so
-        subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=6", "--node-ip-address=127.0.0.1",
-                        "--resources", json.dumps({"rollout_node": 2, "reward_node": 2}), "--disable-usage-stats",
-                        f"--temp-dir={temp_dir}-w", *ports()],
-                       env=dict(env, RAY_AUTH_MODE="token"), check=True, capture_output=True, timeout=180)
+        _ray_start([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=6", "--node-ip-address=127.0.0.1",
+                    "--resources", json.dumps({"rollout_node": 2, "reward_node": 2}), "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}-w"], ports, dict(env, RAY_AUTH_MODE="token"))
         out = tmp_path / "out"
         job = subprocess.run(
             [os.path.join(BIN, "edit-rlhf"), "submit", "--address", f"http://127.0.0.1:{dash}", "--",
