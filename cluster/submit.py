@@ -6,7 +6,7 @@
 - `tracking.dir` and `output_dir` default to absolute paths on the submitting machine (right for a local or
   shared-filesystem cluster; on a remote cluster point `tracking.uri` at an MLflow server and `output_dir` at
   shared storage);
-- Ray's token auth (on by default for `ray start` in Ray 2.60): the client switches to `RAY_AUTH_MODE=token`
+- Ray's token auth (on for `ray start --head` in Ray 2.60 whenever a token exists): the client switches to `RAY_AUTH_MODE=token`
   when a token is available (~/.ray/auth_token or RAY_AUTH_TOKEN);
 - a head node whose job agent is still starting ("No available agent") is retried for up to a minute.
 """
