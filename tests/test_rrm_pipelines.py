@@ -145,5 +145,9 @@ def test_eval_rrm_on_editreward_bench_layout_with_the_hf_backend(ray_cluster, ti
     assert m["pairs"] == 4 and m["k"] == 2 and m["parse_rate"] == 0.0
     assert m["accuracy"] == 0.0 and m["accuracy_with_ties"] == 0.5 and m["tie_rate"] == 1.0
     assert m["category/color_alter"] == 0.0 and m["category_n/subject-remove"] == 2
+    bench = out["editreward_bench"]["dimensions"]  # the authors' metric: per dimension, mean over task types
+    assert out["editreward_bench"]["headline_dimension"] == "overall" and list(bench) == ["overall"]
+    assert bench["overall"]["accuracy"] == 0.0 and bench["overall"]["task_types"] == 2
     saved = json.load(open(f"{tmp_path}/out.json"))
     assert len(saved["pairs"]) == 4 and saved["pairs"][0]["score_preferred"] == 0.0
+    assert saved["pairs"][1]["dimension"] == "overall" and saved["pairs"][1]["task_type"] == "subject-remove"

@@ -256,8 +256,8 @@ def load_editreward_bench(path: str, split: str = "train", dimensions: Sequence[
         task = str(raw["task_type"])
         rows.append({"id": f"{key[0]}|{key[1]}|{dim}", "instruction": _text(raw["instruction"], where, "instruction"),
                      "principles": pr, "source": raw["input_image"], "winner": outs[0], "loser": outs[1],
-                     "category": f"{dim}/{task}" if multi else task, "where": where,
-                     "cols": ("input_image", "output_images[0]", "output_images[1]")})
+                     "category": f"{dim}/{task}" if multi else task, "dimension": dim, "task_type": task,
+                     "where": where, "cols": ("input_image", "output_images[0]", "output_images[1]")})
     if not rows:
         raise DatasetError(f"{path}: no rows of dimension(s) {list(dimensions)}")
     return PairSet(path, rows, stats)
