@@ -192,27 +192,24 @@ def load_pairs(path: str, category_column: Optional[str] = "category", size: int
     return PairSet(path, rows, stats)
 
 
-def _open_bench(path: str, split: str):
-    """A save_to_disk folder (or DatasetDict folder), a parquet/jsonl file, or a hub-layout folder with
-    `data/<split>-*.parquet` files."""
+def _open_bench(path: str, split: Optional[str] = None):
+    """A `datasets.save_to_disk` arrow folder (the hub copy's format: of a Dataset, or of a DatasetDict, whose
+    split is `split` or its only one), a parquet/jsonl file, or a folder of `<split>-*.parquet` shards (`train`
+    when no split is named; e.g. the hub's parquet conversion)."""
     import datasets
 
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f))
                                        for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        prefix = split or "train"
         files = []
         for root, _, names in os.walk(path):
-            files += [os.path.join(root, f) for f in names if f.endswith(".parquet") and f.startswith(split)]
+            files += [os.path.join(root, f) for f in names if f.endswith(".parquet") and f.startswith(prefix)]
         if not files:
-            raise DatasetError(f"{path}: no {split}-*.parquet files (EditReward-Bench hub layout) and not a "
-                               "save_to_disk folder")
+            raise DatasetError(f"{path}: not a save_to_disk folder (no dataset_info.json / dataset_dict.json) and "
+                               f"no {prefix}-*.parquet files under it")
         ds = datasets.load_dataset("parquet", data_files=sorted(files), split="train")
-    elif os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_dict.json")):
-        dd = datasets.load_from_disk(path)
-        if split not in dd:
-            raise DatasetError(f"{path}: no split {split!r} (has {list(dd)})")
-        ds = dd[split]
     else:
-        ds = load_hf_dataset(path)
+        ds = load_hf_dataset(path, split)
     for c in ("input_image", "output_images"):
         f = ds.features.get(c)
         if isinstance(f, datasets.Image):
@@ -224,7 +221,7 @@ def _open_bench(path: str, split: str):
     return ds
 
 
-def load_editreward_bench(path: str, split: str = "train", dimensions: Sequence[str] = ("overall",),
+def load_editreward_bench(path: str, split: Optional[str] = None, dimensions: Sequence[str] = ("overall",),
                           generic_principles: bool = True, size: int = 0) -> PairSet:
     """EditReward-Bench rows as pairs (winner = output_images[0]); category = task_type, prefixed by the
     dimension when several are kept ("overall/color_alter")."""
