@@ -27,9 +27,11 @@ def test_single_split_loads_named_split_loads_else_one_helpful_line(tmp_path):
         load_hf_dataset(two)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{two}: a DatasetDict folder with splits ['train', 'validation']")
-    assert "data.split=<split>" in msg
+    assert msg.endswith(f"point at one split's folder, e.g. {two}/train")
+    assert "name one with data.split=<split> or point" in str(pytest.raises(DatasetError, load_hf_dataset, two,
+                                                                               None, "data.split").value)
     with pytest.raises(DatasetError, match=r"no split 'test' \(set data.split to one of them\)"):
-        load_hf_dataset(two, "test")
+        load_hf_dataset(two, "test", "data.split")
 
 
 def _bench_rows(n=2):

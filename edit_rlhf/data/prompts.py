@@ -24,10 +24,10 @@ class DatasetError(ValueError):
     """A dataset that cannot be used, with the file, row and column that are wrong."""
 
 
-def open_dataset_dict(path: str, split: Optional[str] = None, key: str = "data.split"):
+def open_dataset_dict(path: str, split: Optional[str] = None, key: Optional[str] = None):
     """One split of a DatasetDict folder (`save_to_disk` of a DatasetDict: `dataset_dict.json` and a folder per
     split): `split` when given, else the only split; anything else is a DatasetError naming the folder, its
-    splits and the config key that picks one."""
+    splits and how to pick one (the config `key` where the command has one, else the split's own folder)."""
     import datasets
 
     dd = datasets.load_from_disk(path)
@@ -37,15 +37,16 @@ def open_dataset_dict(path: str, split: Optional[str] = None, key: str = "data.s
     if split is not None:
         if split not in dd:
             raise DatasetError(f"{path}: a DatasetDict folder with splits {splits}; it has no split {split!r} "
-                               f"(set {key} to one of them)")
+                               f"(set {key or 'the split'} to one of them)")
         return dd[split]
     if len(splits) == 1:
         return dd[splits[0]]
-    raise DatasetError(f"{path}: a DatasetDict folder with splits {splits}; name one with {key}=<split> "
-                       f"(or point at its folder, e.g. {os.path.join(path, splits[0])})")
+    how = f"name one with {key}=<split> or point" if key else "point"
+    raise DatasetError(f"{path}: a DatasetDict folder with splits {splits}; {how} at one split's folder, "
+                       f"e.g. {os.path.join(path, splits[0])}")
 
 
-def load_hf_dataset(path: str, split: Optional[str] = None, split_key: str = "data.split"):
+def load_hf_dataset(path: str, split: Optional[str] = None, split_key: Optional[str] = None):
     """Open a dataset folder (save_to_disk of a Dataset, or of a DatasetDict: `split` or its only split) or a
     parquet/json(l) file, images left undecoded."""
     import datasets
@@ -83,9 +84,10 @@ class EditPromptDataset:
     REQUIRED = ("id", "source_image", "instruction")
     CHECKED = ("principles", "target_image", "oracle")  # validated whenever present
 
-    def __init__(self, path: str, require: Sequence[str] = (), validate: str = "schema", split: Optional[str] = None):
+    def __init__(self, path: str, require: Sequence[str] = (), validate: str = "schema", split: Optional[str] = None,
+                 split_key: Optional[str] = None):
         self.path = path
-        self.ds = load_hf_dataset(path, split)
+        self.ds = load_hf_dataset(path, split, split_key)
         needed = list(self.REQUIRED) + [c for c in require if c not in self.REQUIRED]
         missing = [c for c in needed if c not in self.ds.column_names]
         if missing:

@@ -85,7 +85,7 @@ def open_gedit(path: str, split=None):
         except Exception as e:
             raise DatasetError(f"{path}: cannot read the parquet shards: {type(e).__name__}: {e}") from None
     else:
-        ds = load_hf_dataset(path, split)
+        ds = load_hf_dataset(path, split, "data.split")
     for col in IMAGE_COLUMNS:
         if col in ds.column_names and isinstance(ds.features[col], datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))

@@ -209,7 +209,7 @@ def _open_bench(path: str, split: Optional[str] = None):
                                f"no {prefix}-*.parquet files under it")
         ds = datasets.load_dataset("parquet", data_files=sorted(files), split="train")
     else:
-        ds = load_hf_dataset(path, split)
+        ds = load_hf_dataset(path, split, "data.split")
     for c in ("input_image", "output_images"):
         f = ds.features.get(c)
         if isinstance(f, datasets.Image):
