@@ -73,7 +73,7 @@ def prepare_data(cfg) -> Tuple[str, Dict[str, Any]]:
         if os.path.isdir(d.path) and not is_save_to_disk(d.path):
             fmt = "gedit"  # a folder of parquet shards
         else:
-            fmt = "gedit" if is_gedit(load_hf_dataset(d.path, d.split).column_names) else "edit_prompts"
+            fmt = "gedit" if is_gedit(load_hf_dataset(d.path, d.split, "data.split").column_names) else "edit_prompts"
     if fmt == "edit_prompts":
         return d.path, {"format": "edit_prompts", "path": d.path, "split": d.split}
     out = os.path.join(cfg.output_dir, "data", f"gedit_{d.language}_{d.subset}")
@@ -129,12 +129,14 @@ class EditorEvaluation:
         self.data_path, self.data_info = prepare_data(cfg)
         self.data_path = os.path.abspath(self.data_path)
         self.ds = EditPromptDataset(self.data_path, validate=cfg.data.validate,
-                                    split=cfg.data.split if self.data_info["format"] == "edit_prompts" else None)
+                                    split=cfg.data.split if self.data_info["format"] == "edit_prompts" else None,
+                                    split_key="data.split")
         cols = self.ds.ds.column_names
         self.n = min(len(self.ds), cfg.data.limit or len(self.ds))
         ccol = category_column(cols, cfg.data.category_column, self.data_path)
         self.categories = [str(c) for c in self.ds.ds[ccol][: self.n]] if ccol else ["all"] * self.n
         self.intersection = list(self.ds.ds["intersection"][: self.n]) if "intersection" in cols else [None] * self.n
+        self.languages = list(self.ds.ds["language"][: self.n]) if "language" in cols else [None] * self.n
         self.use_oracle = cfg.oracle == "on" or (cfg.oracle == "auto" and "oracle" in cols)
         if self.use_oracle and "oracle" not in cols:
             raise DatasetError(f"{self.data_path}: oracle=on but the dataset has no 'oracle' column "
@@ -313,7 +315,8 @@ class EditorEvaluation:
         for job in self.jobs:
             for b, i in enumerate(job["indices"]):
                 r: Dict[str, Any] = {"editor": job["editor"], "id": self.ds.ids[i], "index": i,
-                                     "category": self.categories[i], "intersection": self.intersection[i]}
+                                     "category": self.categories[i], "language": self.languages[i],
+                                     "intersection": self.intersection[i]}
                 if "judge" in job["results"]:
                     res = job["results"]["judge"][b]
                     d = res.detail or {}
