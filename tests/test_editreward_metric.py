@@ -60,3 +60,19 @@ def test_eval_rrm_summary_line_leads_with_the_authors_metric():
     assert parts[2].startswith("pairwise accuracy (per row, all dimensions pooled; not the published metric) 0.625")
     plain = summary_line({"metrics": m, "seconds": 3.0, "run_id": "abc"})  # our pair schema: as before
     assert "pairwise accuracy 0.625" in plain and "macro over categories 0.500" in plain
+
+
+def test_each_benchmark_image_is_scored_once_across_dimension_rows():
+    """EditReward-Bench repeats a pair once per dimension; as in the authors' evaluation.py, each distinct image
+    (under the same prompt) is generated for once and its score reused; rows without image keys never share."""
+    from edit_rlhf.rrm.engine import GenRequest
+    from edit_rlhf.rrm_train.evaluate import shared_requests
+
+    rows = [{"image_keys": ("m1", "m2")}, {"image_keys": ("m1", "m2")}, {"image_keys": ("m3", "m1")}, {}]
+    reqs = [GenRequest("p"), GenRequest("p"), GenRequest("p"), GenRequest("p"), GenRequest("p"), GenRequest("p"),
+            GenRequest("p"), GenRequest("p")]
+    todo, where = shared_requests(rows, reqs)
+    assert todo == [0, 1, 4, 6, 7]  # m1, m2, m3, then the key-less row's two sides
+    assert where == [0, 1, 0, 1, 2, 0, 3, 4]
+    reqs[3] = GenRequest("another prompt")  # other principles: not the same request
+    assert shared_requests(rows, reqs)[1][3] == 2 and len(shared_requests(rows, reqs)[0]) == 6

@@ -4,10 +4,11 @@
   trace_text (ends with `<score>x</score>`); optional checks (gold 0/1 per principle), oracle_score.
 - Pairs: id, source_image, instruction, principles, image_a, image_b, preferred in {a, b}; optional
   category (else, on sandbox pairs, the loser's `grade_*`). "same"/tie labels are dropped at load and counted.
-- EditReward-Bench (EditScore, arXiv 2509.23909; its `evaluation.py` / `calculate_statistics.py`): one row per
-  (pair, dimension): key [id1, id2], instruction, input_image, output_images [preferred, other], task_type
-  (13 subtasks), dimension (prompt_following | consistency | overall); the first output is the human-preferred
-  one (accuracy = score[0] > score[1]). It has no principles: the row's `principles` column is used when
+- EditReward-Bench (EditScore, arXiv 2509.23909; its `evaluation.py` / `calculate_statistics.py`; the hub copy
+  is a `save_to_disk` arrow folder): one row per (pair, dimension): key [id1, id2] (one id per output image),
+  instruction, input_image, output_images [preferred, other], task_type (13 subtasks), dimension
+  (prompt_following | consistency | overall); the first output is the human-preferred one (accuracy =
+  score[0] > score[1]; the published figure per dimension is `evaluation.editreward`'s). It has no principles: the row's `principles` column is used when
   present, else the generic three below (or run `edit-rlhf principles` on the converted pairs first).
 
 Images stay undecoded until a row is used; every bad row raises `DatasetError` naming the file, row and column.
@@ -254,6 +255,7 @@ def load_editreward_bench(path: str, split: Optional[str] = None, dimensions: Se
         rows.append({"id": f"{key[0]}|{key[1]}|{dim}", "instruction": _text(raw["instruction"], where, "instruction"),
                      "principles": pr, "source": raw["input_image"], "winner": outs[0], "loser": outs[1],
                      "category": f"{dim}/{task}" if multi else task, "dimension": dim, "task_type": task,
+                     "image_keys": (str(key[0]), str(key[1])),
                      "where": where, "cols": ("input_image", "output_images[0]", "output_images[1]")})
     if not rows:
         raise DatasetError(f"{path}: no rows of dimension(s) {list(dimensions)}")
