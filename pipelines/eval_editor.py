@@ -65,19 +65,19 @@ def prepare_missing(cfg) -> None:
 def prepare_data(cfg) -> Tuple[str, Dict[str, Any]]:
     """The edit-prompt dataset to evaluate (GEdit-Bench input is converted into <output_dir>/data/ first)."""
     from edit_rlhf.data.prompts import load_hf_dataset
-    from edit_rlhf.evaluation.gedit import convert_gedit, is_gedit
+    from edit_rlhf.evaluation.gedit import convert_gedit, is_gedit, is_save_to_disk
 
     d = cfg.data
     fmt = d.format
     if fmt == "auto":
-        if os.path.isdir(d.path) and not os.path.exists(os.path.join(d.path, "dataset_info.json")):
-            fmt = "gedit"  # a folder of parquet shards (a snapshot of the HF dataset repo)
+        if os.path.isdir(d.path) and not is_save_to_disk(d.path):
+            fmt = "gedit"  # a folder of parquet shards
         else:
-            fmt = "gedit" if is_gedit(load_hf_dataset(d.path).column_names) else "edit_prompts"
+            fmt = "gedit" if is_gedit(load_hf_dataset(d.path, d.split, "data.split").column_names) else "edit_prompts"
     if fmt == "edit_prompts":
-        return d.path, {"format": "edit_prompts", "path": d.path}
+        return d.path, {"format": "edit_prompts", "path": d.path, "split": d.split}
     out = os.path.join(cfg.output_dir, "data", f"gedit_{d.language}_{d.subset}")
-    rep = convert_gedit(d.path, out, d.language, d.subset, d.source_column)
+    rep = convert_gedit(d.path, out, d.language, d.subset, d.source_column, d.split)
     return out, {"format": "gedit", **rep}
 
 
@@ -128,12 +128,15 @@ class EditorEvaluation:
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.data_path, self.data_info = prepare_data(cfg)
         self.data_path = os.path.abspath(self.data_path)
-        self.ds = EditPromptDataset(self.data_path, validate=cfg.data.validate)
+        self.ds = EditPromptDataset(self.data_path, validate=cfg.data.validate,
+                                    split=cfg.data.split if self.data_info["format"] == "edit_prompts" else None,
+                                    split_key="data.split")
         cols = self.ds.ds.column_names
         self.n = min(len(self.ds), cfg.data.limit or len(self.ds))
         ccol = category_column(cols, cfg.data.category_column, self.data_path)
         self.categories = [str(c) for c in self.ds.ds[ccol][: self.n]] if ccol else ["all"] * self.n
         self.intersection = list(self.ds.ds["intersection"][: self.n]) if "intersection" in cols else [None] * self.n
+        self.languages = list(self.ds.ds["language"][: self.n]) if "language" in cols else [None] * self.n
         self.use_oracle = cfg.oracle == "on" or (cfg.oracle == "auto" and "oracle" in cols)
         if self.use_oracle and "oracle" not in cols:
             raise DatasetError(f"{self.data_path}: oracle=on but the dataset has no 'oracle' column "
@@ -312,7 +315,8 @@ class EditorEvaluation:
         for job in self.jobs:
             for b, i in enumerate(job["indices"]):
                 r: Dict[str, Any] = {"editor": job["editor"], "id": self.ds.ids[i], "index": i,
-                                     "category": self.categories[i], "intersection": self.intersection[i]}
+                                     "category": self.categories[i], "language": self.languages[i],
+                                     "intersection": self.intersection[i]}
                 if "judge" in job["results"]:
                     res = job["results"]["judge"][b]
                     d = res.detail or {}

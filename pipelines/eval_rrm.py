@@ -5,6 +5,10 @@ columns documented in `rrm_train.data`). A pool of `pool.size` engines (vLLM or 
 both images of every pair with k = `eval.sampling.n` verdicts each (Avg@k). Reported: strict accuracy (ties
 wrong), the with-ties variant (ties count 1/2), per-category accuracy and its macro average, parse rate,
 tie rate and chance levels; logged to MLflow and written to `output` (with per-pair scores) when set.
+
+On EditReward-Bench the headline is the authors' metric (`evaluation.editreward`): per preference dimension,
+strict, the mean over task types of the per-task accuracy; the per-row figures above stay as secondary fields
+(with several dimensions they pool them, which the published numbers never do).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
     from edit_rlhf.actors.rrm_rollout import RRMRolloutWorker
     from edit_rlhf.cluster.pools import ActorPool, close_run, init_ray
     from edit_rlhf.config import ConfigError
+    from edit_rlhf.evaluation.editreward import METRIC_NAME, editreward_bench_accuracy, flat_metrics, headline_dimension
     from edit_rlhf.rrm.prompt import RRMPrompt
     from edit_rlhf.rrm_train.data import load_preferences
     from edit_rlhf.rrm_train.evaluate import evaluate_pairs
@@ -49,16 +54,23 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
         res = evaluate_pairs(pool.actors, prompt, pairs, cfg.eval.sampling, cfg.eval.unparsed, cfg.seed)
         m = dict(res["metrics"])
         m["rows_dropped_ties"] = pairs.stats.get("ties_dropped", 0)
+        per_pair = [{"id": r["id"], "category": r["category"], "score_preferred": s[0], "score_other": s[1],
+                     **{k: r[k] for k in ("dimension", "task_type") if k in r}}
+                    for r, s in zip(pairs.rows, res["scores"])]
+        bench = editreward_bench_accuracy(per_pair) if cfg.data.format == "editreward_bench" else None
         tracker.log_metrics({f"eval/{k}": v for k, v in m.items()}, 0)
+        if bench:
+            tracker.log_metrics({f"eval/{k}": v for k, v in flat_metrics(bench).items()}, 0)
         out = {"pipeline": "eval-rrm", "model": cfg.engine.path, "data": cfg.data.path, "format": cfg.data.format,
                "metrics": m, "seconds": round(time.time() - t0, 1), "run_id": tracker.run_id,
                "load_stats": pairs.stats}
+        if bench:
+            out["editreward_bench"] = {"metric": METRIC_NAME, "headline_dimension": headline_dimension(bench),
+                                       "dimensions": bench}
         if cfg.output:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.output)) or ".", exist_ok=True)
             with open(cfg.output, "w") as f:
-                json.dump({**out, "pairs": [{"id": r["id"], "category": r["category"], "score_preferred": s[0],
-                                             "score_other": s[1]} for r, s in zip(pairs.rows, res["scores"])]},
-                          f, indent=2, default=str)
+                json.dump({**out, "pairs": per_pair}, f, indent=2, default=str)
         tracker.log_dict(out, "eval_rrm.json")
         status = "FINISHED"
         print(summary_line(out), flush=True)
@@ -68,11 +80,20 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
 
 
 def summary_line(out: Dict[str, Any]) -> str:
+    """One line. On EditReward-Bench it leads with the authors' metric (per dimension, strict, mean over task
+    types); the per-row figures follow, labelled as such."""
+    from edit_rlhf.evaluation.editreward import summary_text
+
     m = out["metrics"]
-    parts = [f"eval-rrm: {m['pairs']} pairs in {out['seconds']:.0f}s",
-             f"pairwise accuracy {m['accuracy']:.3f} (with ties {m['accuracy_with_ties']:.3f}; chance "
-             f"{m.get('chance_strict', float('nan')):.3f} / 0.5)"]
-    if "accuracy_macro" in m:
+    bench = (out.get("editreward_bench") or {}).get("dimensions")
+    parts = [f"eval-rrm: {m['pairs']} {'rows' if bench else 'pairs'} in {out['seconds']:.0f}s"]
+    if bench:
+        parts.append(summary_text(bench))
+    pooled = " (per row, all dimensions pooled; not the published metric)" if bench and len(bench) > 1 else \
+        " (per row)" if bench else ""
+    parts.append(f"pairwise accuracy{pooled} {m['accuracy']:.3f} (with ties {m['accuracy_with_ties']:.3f}; chance "
+                 f"{m.get('chance_strict', float('nan')):.3f} / 0.5)")
+    if "accuracy_macro" in m and not bench:
         parts.append(f"macro over categories {m['accuracy_macro']:.3f}")
     parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}",
               f"mlflow run {out['run_id']}"]

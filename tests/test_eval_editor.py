@@ -161,10 +161,14 @@ def test_gedit_layout_input_end_to_end(ray_cluster, eval_cfg, tmp_path):
     s = evaluate_editors(cfg, str(tmp_path / "out"), loras={"base": None})  # the stage API of the edit-r1 pipeline
     t = s["table"]
     assert s["output_dir"] == str(tmp_path / "out") and os.path.exists(s["paths"]["report"])
-    assert t["metrics"] == ["judge"] and t["per_editor"]["base"]["n"] == 6
-    assert t["categories"] == ["background_change", "color_alter", "subject-add", "subject-remove", "tone_transfer"]
-    assert "gedit_intersection" in t["per_editor"]["base"] and s["judge_backend"] == "hf"
-    assert t["headline"]["base"]["judge_failed"] == 12
+    # EN and CN instructions: two separate tables (GEdit-Bench's), never one pooled table
+    assert t["metrics"] == ["judge"] and t["languages"] == ["en", "cn"] and "per_editor" not in t
+    en, cn = t["by_language"]["en"], t["by_language"]["cn"]
+    assert en["per_editor"]["base"]["n"] == 4 and cn["per_editor"]["base"]["n"] == 2
+    assert en["categories"] == ["background_change", "subject-add", "subject-remove", "tone_transfer"]
+    assert cn["categories"] == ["background_change", "color_alter"]
+    assert "gedit_intersection" in en["per_editor"]["base"] and s["judge_backend"] == "hf"
+    assert t["headline"]["base"]["judge_failed_en"] == 8 and t["headline"]["base"]["judge_failed_cn"] == 4
 
 
 def test_bad_inputs_fail_before_any_actor_starts(eval_cfg, tmp_path):

@@ -225,3 +225,50 @@ def test_cli_reports_config_errors_with_status_2(capsys):
 
     assert main(["eval-editor", "--config", f"{ROOT}/configs/eval_editor_sandbox.yaml", "editors=[]"]) == 2
     assert "name at least one editor" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- GEdit EN / CN
+def _bilingual_records():
+    """Two editors x (2 EN + 1 CN prompts); hand-set SC / PQ so that EN and CN differ and pooling would show."""
+    rows = [("en", "A", 9.0, 9.0), ("en", "B", 4.0, 9.0), ("cn", "A", 1.0, 9.0)]
+    recs = []
+    for e, shift in (("base", 0.0), ("trained", 1.0)):
+        for k, (lang, cat, sc, pq) in enumerate(rows):
+            sc = min(sc + shift, 10.0)
+            recs.append({"editor": e, "id": f"{cat}/{lang}/{k}", "index": k, "category": cat, "language": lang,
+                         "intersection": False, "sc": sc, "pq": pq, "o": math.sqrt(sc * pq), "sc_scores": [sc],
+                         "pq_scores": [pq], "judge_error": None, "oracle": 10.0 * k + shift, "oracle_error": None})
+    return recs
+
+
+def test_gedit_en_and_cn_are_separate_tables_never_pooled(tmp_path):
+    from edit_rlhf.evaluation.results import build_table, mlflow_metrics, summary_line, table_rows, write_results
+    from edit_rlhf.report.document import Report
+    from edit_rlhf.report.evaluation import add_eval_sections
+
+    recs = _bilingual_records()
+    present = {"judge": True, "oracle": True}
+    t = build_table(recs, ["base", "trained"], present)
+    assert t["languages"] == ["en", "cn"] and "per_editor" not in t and "gedit" not in json.dumps(t["headline"])
+    en_only = build_table([r for r in recs if r["language"] == "en"], ["base", "trained"], present)
+    en = t["by_language"]["en"]
+    assert en["language"] == "en" and en["per_editor"] == en_only["per_editor"]  # exactly the EN-only table
+    assert en["per_editor"]["base"]["gedit"]["O"]["macro"] == pytest.approx((9.0 + 6.0) / 2)
+    assert t["by_language"]["cn"]["per_editor"]["base"]["gedit"]["O"]["macro"] == pytest.approx(3.0)
+    h = t["headline"]["base"]
+    assert h["O_en"] == pytest.approx(7.5) and h["O_cn"] == pytest.approx(3.0) and "O" not in h
+    assert t["delta_vs_base"]["trained"]["oracle_cn"] == pytest.approx(1.0)
+    pooled = build_table([dict(r, language=None) for r in recs], ["base", "trained"], present)
+    assert pooled["headline"]["base"]["O"] == pytest.approx(((9.0 + 3.0) / 2 + 6.0) / 2)  # what pooling printed
+    line = summary_line(t, 5.0, 3)
+    assert "GEdit-EN base: O 7.50" in line and "GEdit-CN base: O 3.00" in line and "base: O 6.00" not in line
+    rows = table_rows(t)
+    assert [r["language"] for r in rows].count("en") == 2 * 3 and rows[0]["language"] == "en"
+    m = mlflow_metrics(t)
+    assert m["en/base/O"] == pytest.approx(7.5) and m["cn/base/O"] == pytest.approx(3.0) and "base/O" not in m
+    paths = write_results(str(tmp_path), t, recs)
+    assert json.load(open(paths["table_json"]))["by_language"]["cn"]["language"] == "cn"
+    rep = Report("t")
+    add_eval_sections(rep, t)
+    html = open(rep.write(str(tmp_path / "rep"), embed=True)).read()
+    assert "GEdit-Bench-EN: Evaluation results" in html and "GEdit-Bench-CN: Evaluation results" in html

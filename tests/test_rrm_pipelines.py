@@ -129,21 +129,27 @@ def test_eval_rrm_on_editreward_bench_layout_with_the_hf_backend(ray_cluster, ti
     feats = datasets.Features({"key": datasets.List(datasets.Value("string")), "instruction": datasets.Value("string"),
                                "input_image": img, "output_images": datasets.List(img),
                                "task_type": datasets.Value("string"), "dimension": datasets.Value("string")})
-    n = 4
-    rows = {"key": [[f"a{i}", f"b{i}"] for i in range(n)], "instruction": ["make the square red"] * n,
+    n = 8  # 4 pairs, each in two dimensions (the benchmark's one row per (pair, dimension))
+    rows = {"key": [[f"a{i % 4}", f"b{i % 4}"] for i in range(n)], "instruction": ["make the square red"] * n,
             "input_image": [png(30)] * n, "output_images": [[png(200), png(90)]] * n,
-            "task_type": ["color_alter", "subject-remove"] * 2, "dimension": ["overall"] * n}
+            "task_type": ["color_alter", "subject-remove"] * 4, "dimension": ["overall"] * 4 + ["consistency"] * 4}
     datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(tmp_path / "bench"))
     cfg = load_config(RRMEvalConfig, f"{ROOT}/configs/eval_rrm_sandbox.yaml", [
         f"engine.path={tiny_models['rrm']}", "engine.backend=hf", f"data.path={tmp_path}/bench",
         "data.format=editreward_bench", "eval.sampling.max_tokens=8", "eval.sampling.n=2",
         "eval.sampling.temperature=1.0", "eval.unparsed=lowest", f"output={tmp_path}/out.json",
+        "data.dimensions=[overall,consistency]",
         f"tracking.dir={tmp_path}/mlruns"])
     out = run_eval_rrm(cfg, quiet=True)
     m = out["metrics"]
     # the random tiny RRM never parses: every image gets the lowest score, every pair ties
-    assert m["pairs"] == 4 and m["k"] == 2 and m["parse_rate"] == 0.0
+    assert m["pairs"] == 8 and m["k"] == 2 and m["parse_rate"] == 0.0
+    assert m["images_scored"] == 8  # 4 pairs x 2 images, each scored once for both dimensions
     assert m["accuracy"] == 0.0 and m["accuracy_with_ties"] == 0.5 and m["tie_rate"] == 1.0
-    assert m["category/color_alter"] == 0.0 and m["category_n/subject-remove"] == 2
+    assert m["category/overall/color_alter"] == 0.0 and m["category_n/consistency/subject-remove"] == 2
+    bench = out["editreward_bench"]["dimensions"]  # the authors' metric: per dimension, mean over task types
+    assert out["editreward_bench"]["headline_dimension"] == "overall" and list(bench) == ["consistency", "overall"]
+    assert bench["overall"]["accuracy"] == 0.0 and bench["overall"]["task_types"] == 2
     saved = json.load(open(f"{tmp_path}/out.json"))
-    assert len(saved["pairs"]) == 4 and saved["pairs"][0]["score_preferred"] == 0.0
+    assert len(saved["pairs"]) == 8 and saved["pairs"][0]["score_preferred"] == 0.0
+    assert saved["pairs"][1]["dimension"] == "overall" and saved["pairs"][1]["task_type"] == "subject-remove"

@@ -250,6 +250,7 @@ def test_editreward_bench_loader_on_a_synthetic_file_in_its_layout(tmp_path):
     assert p.winner[0, 0, 0] == 250 and p.loser[0, 0, 0] == 5 and p.principles == GENERIC_PRINCIPLES
     both = load_editreward_bench(str(tmp_path / "bench"), dimensions=["overall", "prompt_following"])
     assert both.categories() == ["overall/color_alter", "prompt_following/color_alter", "overall/subject-remove"]
+    assert [(r["dimension"], r["task_type"]) for r in both.rows][1] == ("prompt_following", "color_alter")
     with pytest.raises(DatasetError, match="principles"):
         load_editreward_bench(str(tmp_path / "bench"), generic_principles=False)
     with pytest.raises(DatasetError, match="no validation-"):

@@ -46,6 +46,7 @@ class EvalDataConfig:
     path: str = MISSING
     format: str = "auto"
     category_column: Optional[str] = None
+    split: Optional[str] = None  # a DatasetDict folder's split (None: its only split)
     language: str = "en"  # gedit: en | cn | all
     subset: str = "fullset"  # gedit: fullset | intersection (rows with Intersection_exist)
     source_column: str = "input_image"  # gedit: the image edited and judged against (input_image | input_image_raw)

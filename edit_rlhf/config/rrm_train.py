@@ -331,7 +331,7 @@ class EvalDataConfig:
 
     path: str = MISSING
     format: str = "pairs"  # pairs | editreward_bench
-    split: str = "train"  # a split of a hub-layout folder (parquet files per split)
+    split: Optional[str] = None  # the split of a DatasetDict folder (None: its only split) or of parquet shards (None: train)
     size: int = 0  # first rows (0 = all)
     category_column: Optional[str] = "category"
     dimensions: List[str] = field(default_factory=lambda: ["overall"])

@@ -2,7 +2,8 @@
 
 Schema: `id` (str, unique), `source_image` (image), `instruction` (str); optional `principles` (list of
 {question: str, category: follow|keep|quality}; required by the RRM), `target_image` (image) and `oracle`
-(JSON str) for the sandbox's scorers. Optional columns that are present are validated like required ones. A dataset is a `datasets.save_to_disk` folder or a .parquet / .jsonl / .json file.
+(JSON str) for the sandbox's scorers. Optional columns that are present are validated like required ones. A dataset is a `datasets.save_to_disk` folder (of a Dataset, or of a DatasetDict with one split or
+a named one) or a .parquet / .jsonl / .json file.
 
 Any bad row raises `DatasetError` naming the dataset, the row number, its id and the column.
 """
@@ -23,17 +24,38 @@ class DatasetError(ValueError):
     """A dataset that cannot be used, with the file, row and column that are wrong."""
 
 
-def load_hf_dataset(path: str):
-    """Open a dataset folder (save_to_disk) or a parquet/json(l) file, images left undecoded."""
+def open_dataset_dict(path: str, split: Optional[str] = None, key: Optional[str] = None):
+    """One split of a DatasetDict folder (`save_to_disk` of a DatasetDict: `dataset_dict.json` and a folder per
+    split): `split` when given, else the only split; anything else is a DatasetError naming the folder, its
+    splits and how to pick one (the config `key` where the command has one, else the split's own folder)."""
+    import datasets
+
+    dd = datasets.load_from_disk(path)
+    if not isinstance(dd, datasets.DatasetDict):
+        return dd
+    splits = list(dd)
+    if split is not None:
+        if split not in dd:
+            raise DatasetError(f"{path}: a DatasetDict folder with splits {splits}; it has no split {split!r} "
+                               f"(set {key or 'the split'} to one of them)")
+        return dd[split]
+    if len(splits) == 1:
+        return dd[splits[0]]
+    how = f"name one with {key}=<split> or point" if key else "point"
+    raise DatasetError(f"{path}: a DatasetDict folder with splits {splits}; {how} at one split's folder, "
+                       f"e.g. {os.path.join(path, splits[0])}")
+
+
+def load_hf_dataset(path: str, split: Optional[str] = None, split_key: Optional[str] = None):
+    """Open a dataset folder (save_to_disk of a Dataset, or of a DatasetDict: `split` or its only split) or a
+    parquet/json(l) file, images left undecoded."""
     import datasets
 
     if not os.path.exists(path):
         raise DatasetError(f"dataset not found: {path}")
     try:
         if os.path.isdir(path):
-            ds = datasets.load_from_disk(path)
-            if isinstance(ds, datasets.DatasetDict):
-                raise DatasetError(f"{path}: is a DatasetDict with splits {list(ds)}; point at one split's folder")
+            ds = open_dataset_dict(path, split, split_key)
         elif path.endswith(".parquet"):
             ds = datasets.load_dataset("parquet", data_files=path, split="train")
         elif path.endswith((".jsonl", ".json")):
@@ -62,9 +84,10 @@ class EditPromptDataset:
     REQUIRED = ("id", "source_image", "instruction")
     CHECKED = ("principles", "target_image", "oracle")  # validated whenever present
 
-    def __init__(self, path: str, require: Sequence[str] = (), validate: str = "schema"):
+    def __init__(self, path: str, require: Sequence[str] = (), validate: str = "schema", split: Optional[str] = None,
+                 split_key: Optional[str] = None):
         self.path = path
-        self.ds = load_hf_dataset(path)
+        self.ds = load_hf_dataset(path, split, split_key)
         needed = list(self.REQUIRED) + [c for c in require if c not in self.REQUIRED]
         missing = [c for c in needed if c not in self.ds.column_names]
         if missing:

@@ -59,14 +59,24 @@ def is_gedit(column_names) -> bool:
     return all(c in column_names for c in ("key", "task_type", "instruction_language", "input_image"))
 
 
-def open_gedit(path: str):
-    """The raw GEdit table (images undecoded): a folder of parquet shards (searched recursively, e.g. a local
-    snapshot of the HF dataset repo), a parquet / JSON-lines file or a `save_to_disk` folder."""
+SAVE_TO_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def is_save_to_disk(path: str) -> bool:
+    """A `datasets.save_to_disk` arrow folder: of a Dataset (dataset_info.json, state.json) or of a DatasetDict
+    (dataset_dict.json and a folder per split)."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in SAVE_TO_DISK_MARKERS)
+
+
+def open_gedit(path: str, split=None):
+    """The raw GEdit table (images undecoded): a `save_to_disk` arrow folder (the hub copy's format; of a
+    DatasetDict: `split` or its only split), a folder of parquet shards (searched recursively), or a parquet /
+    JSON-lines file."""
     import datasets
 
     from edit_rlhf.data.prompts import load_hf_dataset
 
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "dataset_info.json")):
+    if os.path.isdir(path) and not is_save_to_disk(path):
         files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
         if not files:
             raise DatasetError(f"{path}: no parquet files under this folder and not a save_to_disk folder")
@@ -75,7 +85,7 @@ def open_gedit(path: str):
         except Exception as e:
             raise DatasetError(f"{path}: cannot read the parquet shards: {type(e).__name__}: {e}") from None
     else:
-        ds = load_hf_dataset(path)
+        ds = load_hf_dataset(path, split, "data.split")
     for col in IMAGE_COLUMNS:
         if col in ds.column_names and isinstance(ds.features[col], datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
@@ -102,12 +112,12 @@ def _image_cell(v: Any, where: str, col: str) -> Dict[str, Any]:
 
 
 def convert_gedit(path: str, out: str, language: str = "en", subset: str = "fullset",
-                  source_column: str = "input_image") -> Dict[str, Any]:
+                  source_column: str = "input_image", split=None) -> Dict[str, Any]:
     """Write the filtered GEdit rows in our edit-prompt schema to `out` (save_to_disk). Returns a report:
     rows read, kept, dropped by language / subset, per-category counts."""
     import datasets
 
-    ds = open_gedit(path)
+    ds = open_gedit(path, split)
     if source_column not in ds.column_names:
         raise DatasetError(f"{path}: data.source_column={source_column!r} is not a column; has {ds.column_names}")
     has_inter = "Intersection_exist" in ds.column_names

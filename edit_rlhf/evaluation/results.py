@@ -5,6 +5,10 @@ A record is one (editor, prompt): {'editor', 'id', 'index', 'category', 'interse
 (None = not configured or failed; the `*_error` says which). `build_table` aggregates each editor with
 `protocol.aggregate` / `protocol.gedit_aggregate`; the table holds only quantities that a re-run with the
 same seed must reproduce (no wall times), so `table.json` files of two runs can be compared byte for byte.
+
+GEdit-Bench publishes its EN and CN results as separate tables (by instruction language), never pooled: when the
+records hold more than one `language`, `build_table` returns one complete table per language under
+`by_language` (no pooled aggregate anywhere), with headline keys suffixed by the language (`O_en`, `O_cn`).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from edit_rlhf.evaluation.protocol import aggregate, category_order, gedit_aggre
 
 NAN = float("nan")
 METRICS = ("judge", "rrm", "oracle")
-SAMPLE_COLUMNS = ("editor", "id", "category", "intersection", "sc", "pq", "o", "sc_scores", "pq_scores",
+LANGUAGE_ORDER = ("en", "cn")
+SAMPLE_COLUMNS = ("editor", "id", "category", "language", "intersection", "sc", "pq", "o", "sc_scores", "pq_scores",
                   "judge_error", "rrm", "rrm_error", "oracle", "oracle_error")
 
 
@@ -74,10 +79,20 @@ def headline(t: Dict[str, Any]) -> Dict[str, float]:
     return h
 
 
+def _languages(records: Sequence[dict]) -> List[Optional[str]]:
+    seen = list(dict.fromkeys(r.get("language") for r in records))
+    return sorted(seen, key=lambda x: (LANGUAGE_ORDER.index(x) if x in LANGUAGE_ORDER else len(LANGUAGE_ORDER),
+                                       str(x)))
+
+
 def build_table(records: Sequence[dict], editors: Sequence[str], present: Dict[str, bool],
                 meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The result table of one evaluation run: per editor (in `editors` order) the GEdit SC / PQ / O, RRM and
-    oracle aggregates with their failure counts, and each later editor's difference to the first."""
+    oracle aggregates with their failure counts, and each later editor's difference to the first. Records of
+    several instruction languages give one such table per language (`by_language`), never a pooled one."""
+    langs = _languages(records)
+    if len(langs) > 1:
+        return _split_by_language(records, editors, present, meta, langs)
     cats = category_order(r["category"] for r in records)
     per = {e: _editor_table([r for r in records if r["editor"] == e], cats, present) for e in editors}
     heads = {e: headline(per[e]) for e in editors}
@@ -87,11 +102,27 @@ def build_table(records: Sequence[dict], editors: Sequence[str], present: Dict[s
                   and math.isfinite(heads[e][k] - heads[base][k])}
               for e in editors[1:]}
     return {"editors": list(editors), "categories": cats, "metrics": [m for m in METRICS if present.get(m)],
+            **({"language": langs[0]} if langs and langs[0] else {}),
             "headline": heads, "delta_vs_" + base: deltas, "per_editor": per, **({"meta": meta} if meta else {})}
 
 
+def _split_by_language(records, editors, present, meta, langs) -> Dict[str, Any]:
+    names = [lang or "unlabelled" for lang in langs]
+    subs = {n: build_table([r for r in records if (r.get("language") or "unlabelled") == n], editors, present)
+            for n in names}
+    base = editors[0]
+    heads = {e: {f"{k}_{n}": v for n in names for k, v in subs[n]["headline"][e].items()} for e in editors}
+    deltas = {e: {f"{k}_{n}": v for n in names for k, v in subs[n]["delta_vs_" + base][e].items()}
+              for e in editors[1:]}
+    return {"editors": list(editors), "languages": names, "metrics": [m for m in METRICS if present.get(m)],
+            "headline": heads, "delta_vs_" + base: deltas, "by_language": subs, **({"meta": meta} if meta else {})}
+
+
 def mlflow_metrics(table: Dict[str, Any]) -> Dict[str, float]:
-    """Flat metric names: `<editor>/<metric>` (macro), `<editor>/<metric>/<category>`, `delta/<editor>/<metric>`."""
+    """Flat metric names: `<editor>/<metric>` (macro), `<editor>/<metric>/<category>`, `delta/<editor>/<metric>`;
+    a table split by language prefixes each with `<language>/`."""
+    if "by_language" in table:
+        return {f"{lang}/{k}": v for lang, sub in table["by_language"].items() for k, v in mlflow_metrics(sub).items()}
     m: Dict[str, float] = {}
     for e, h in table["headline"].items():
         m.update({f"{e}/{k}": v for k, v in h.items()})
@@ -110,7 +141,10 @@ def mlflow_metrics(table: Dict[str, Any]) -> Dict[str, float]:
 
 
 def table_rows(table: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """One row per (editor, category) plus a `macro` row per editor: the CSV / HTML result table."""
+    """One row per (editor, category) plus a `macro` row per editor: the CSV / HTML result table (per language,
+    with a leading `language` column, when the table is split by language)."""
+    if "by_language" in table:
+        return [{"language": lang, **r} for lang, sub in table["by_language"].items() for r in table_rows(sub)]
     rows = []
     for e in table["editors"]:
         t = table["per_editor"][e]
@@ -167,7 +201,18 @@ def _f(x: Any, nd: int = 2) -> str:
 
 
 def summary_line(table: Dict[str, Any], seconds: float, n_prompts: int, extra: Sequence[str] = ()) -> str:
+    """One line; a table split by language gives each language its own segments (`GEdit-EN base: O ...`)."""
     parts = [f"eval-editor: {n_prompts} prompts x {len(table['editors'])} editor(s) in {seconds:.0f}s"]
+    if "by_language" in table:
+        for lang, sub in table["by_language"].items():
+            parts += [f"GEdit-{lang.upper()} {p}" for p in _editor_parts(sub)]
+    else:
+        parts += _editor_parts(table)
+    return " | ".join(parts + list(extra))
+
+
+def _editor_parts(table: Dict[str, Any]) -> List[str]:
+    parts: List[str] = []
     for e in table["editors"]:
         h = table["headline"][e]
         s = [e + ":"]
@@ -186,4 +231,4 @@ def summary_line(table: Dict[str, Any], seconds: float, n_prompts: int, extra: S
                                if k in d and math.isfinite(d[k]))
                 if ds:
                     parts.append(f"{e} - {key[9:]}: {ds}")
-    return " | ".join(parts + list(extra))
+    return parts

@@ -60,7 +60,12 @@ def _caption(rec: Optional[Dict[str, Any]]) -> str:
 
 def add_eval_sections(report: Report, table: Dict[str, Any], examples: Sequence[Dict[str, Any]] = (),
                       title_prefix: str = "") -> None:
-    """Tables, chart and comparison of one evaluation table (results.build_table) into `report`."""
+    """Tables, chart and comparison of one evaluation table (results.build_table) into `report`; a table split by
+    instruction language gets one set of sections per language (GEdit-Bench-EN / -CN are never pooled)."""
+    if "by_language" in table:
+        for k, (lang, sub) in enumerate(table["by_language"].items()):
+            add_eval_sections(report, sub, examples if k == 0 else (), f"{title_prefix}GEdit-Bench-{lang.upper()}: ")
+        return
     s = report.section(f"{title_prefix}Evaluation results")
     s.add_table(headline_rows(table), title="Headline (macro means over categories; failures excluded per metric)")
     cols = ["editor", "category", "n"] + [c for c in ("SC", "PQ", "O", "O_valid", "RRM", "RRM_valid", "oracle",

@@ -77,7 +77,7 @@ def add_run_sections(report: Report, run: RunData, panels=DEFAULT_PANELS, prefix
         report.section(f"{title}: image grids", level=3).add_images(
             [Img(png, cap) for cap, png in run.images])
     for path, table in run.json.items():
-        if isinstance(table, dict) and "per_editor" in table:
+        if isinstance(table, dict) and ("per_editor" in table or "by_language" in table):
             add_eval_sections(report, table, title_prefix=f"{title}: ")
     if run.params:
         text = "\n".join(f"{k} = {v}" for k, v in sorted(run.params.items()))

@@ -4,10 +4,11 @@
   trace_text (ends with `<score>x</score>`); optional checks (gold 0/1 per principle), oracle_score.
 - Pairs: id, source_image, instruction, principles, image_a, image_b, preferred in {a, b}; optional
   category (else, on sandbox pairs, the loser's `grade_*`). "same"/tie labels are dropped at load and counted.
-- EditReward-Bench (EditScore, arXiv 2509.23909; its `evaluation.py` / `calculate_statistics.py`): one row per
-  (pair, dimension): key [id1, id2], instruction, input_image, output_images [preferred, other], task_type
-  (13 subtasks), dimension (prompt_following | consistency | overall); the first output is the human-preferred
-  one (accuracy = score[0] > score[1]). It has no principles: the row's `principles` column is used when
+- EditReward-Bench (EditScore, arXiv 2509.23909; its `evaluation.py` / `calculate_statistics.py`; the hub copy
+  is a `save_to_disk` arrow folder): one row per (pair, dimension): key [id1, id2] (one id per output image),
+  instruction, input_image, output_images [preferred, other], task_type (13 subtasks), dimension
+  (prompt_following | consistency | overall); the first output is the human-preferred one (accuracy =
+  score[0] > score[1]; the published figure per dimension is `evaluation.editreward`'s). It has no principles: the row's `principles` column is used when
   present, else the generic three below (or run `edit-rlhf principles` on the converted pairs first).
 
 Images stay undecoded until a row is used; every bad row raises `DatasetError` naming the file, row and column.
@@ -192,27 +193,24 @@ def load_pairs(path: str, category_column: Optional[str] = "category", size: int
     return PairSet(path, rows, stats)
 
 
-def _open_bench(path: str, split: str):
-    """A save_to_disk folder (or DatasetDict folder), a parquet/jsonl file, or a hub-layout folder with
-    `data/<split>-*.parquet` files."""
+def _open_bench(path: str, split: Optional[str] = None):
+    """A `datasets.save_to_disk` arrow folder (the hub copy's format: of a Dataset, or of a DatasetDict, whose
+    split is `split` or its only one), a parquet/jsonl file, or a folder of `<split>-*.parquet` shards (`train`
+    when no split is named; e.g. the hub's parquet conversion)."""
     import datasets
 
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f))
                                        for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        prefix = split or "train"
         files = []
         for root, _, names in os.walk(path):
-            files += [os.path.join(root, f) for f in names if f.endswith(".parquet") and f.startswith(split)]
+            files += [os.path.join(root, f) for f in names if f.endswith(".parquet") and f.startswith(prefix)]
         if not files:
-            raise DatasetError(f"{path}: no {split}-*.parquet files (EditReward-Bench hub layout) and not a "
-                               "save_to_disk folder")
+            raise DatasetError(f"{path}: not a save_to_disk folder (no dataset_info.json / dataset_dict.json) and "
+                               f"no {prefix}-*.parquet files under it")
         ds = datasets.load_dataset("parquet", data_files=sorted(files), split="train")
-    elif os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_dict.json")):
-        dd = datasets.load_from_disk(path)
-        if split not in dd:
-            raise DatasetError(f"{path}: no split {split!r} (has {list(dd)})")
-        ds = dd[split]
     else:
-        ds = load_hf_dataset(path)
+        ds = load_hf_dataset(path, split, "data.split")
     for c in ("input_image", "output_images"):
         f = ds.features.get(c)
         if isinstance(f, datasets.Image):
@@ -224,7 +222,7 @@ def _open_bench(path: str, split: str):
     return ds
 
 
-def load_editreward_bench(path: str, split: str = "train", dimensions: Sequence[str] = ("overall",),
+def load_editreward_bench(path: str, split: Optional[str] = None, dimensions: Sequence[str] = ("overall",),
                           generic_principles: bool = True, size: int = 0) -> PairSet:
     """EditReward-Bench rows as pairs (winner = output_images[0]); category = task_type, prefixed by the
     dimension when several are kept ("overall/color_alter")."""
@@ -256,8 +254,9 @@ def load_editreward_bench(path: str, split: str = "train", dimensions: Sequence[
         task = str(raw["task_type"])
         rows.append({"id": f"{key[0]}|{key[1]}|{dim}", "instruction": _text(raw["instruction"], where, "instruction"),
                      "principles": pr, "source": raw["input_image"], "winner": outs[0], "loser": outs[1],
-                     "category": f"{dim}/{task}" if multi else task, "where": where,
-                     "cols": ("input_image", "output_images[0]", "output_images[1]")})
+                     "category": f"{dim}/{task}" if multi else task, "dimension": dim, "task_type": task,
+                     "image_keys": (str(key[0]), str(key[1])),
+                     "where": where, "cols": ("input_image", "output_images[0]", "output_images[1]")})
     if not rows:
         raise DatasetError(f"{path}: no rows of dimension(s) {list(dimensions)}")
     return PairSet(path, rows, stats)

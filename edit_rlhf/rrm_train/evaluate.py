@@ -3,11 +3,14 @@
 Both images of every pair are scored independently with the same prompt (pointwise RRM, algorithms.md §5
 note 6): k = sampling.n verdicts each, the score is their mean over parsable verdicts (Avg@k; k = 1 with
 temperature 0 is greedy). Requests are spread over the pool's actors in contiguous chunks, one call each.
+Rows that name their images (`image_keys`, EditReward-Bench: one row per (pair, dimension), so each image
+appears in up to three rows) have each distinct (image, prompt) scored once and its score reused, as the
+benchmark authors' `evaluation.py` does.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -37,14 +40,34 @@ def generate_on(actors: Sequence[Any], requests: Sequence[GenRequest], spec: Sam
 
 
 def pair_eval_requests(prompt, pairs, seed: int) -> List[GenRequest]:
-    """[winner_0, loser_0, winner_1, ...] for a PairSet (images decoded here)."""
+    """[winner_0, loser_0, winner_1, ...] for a PairSet (images decoded here). A row with `image_keys` seeds each
+    side by its image key, so the same image gets the same seed in every row it appears in."""
     reqs = []
     for i in range(len(pairs)):
         p = pairs[i]
+        keys = pairs.rows[i].get("image_keys")
         text = prompt.text(p.instruction, p.principles)
-        reqs += [GenRequest(text, [p.source, p.winner], seed=sample_seed(seed, p.id, "w")),
-                 GenRequest(text, [p.source, p.loser], seed=sample_seed(seed, p.id, "l"))]
+        sw, sl = (sample_seed(seed, "image", keys[0]), sample_seed(seed, "image", keys[1])) if keys else \
+            (sample_seed(seed, p.id, "w"), sample_seed(seed, p.id, "l"))
+        reqs += [GenRequest(text, [p.source, p.winner], seed=sw), GenRequest(text, [p.source, p.loser], seed=sl)]
     return reqs
+
+
+def shared_requests(rows: Sequence[Dict[str, Any]], reqs: Sequence[GenRequest]) -> Tuple[List[int], List[int]]:
+    """(positions in `reqs` of the distinct requests to generate, per request the index of its distinct one).
+    Two requests are the same when their rows name the same image (`image_keys`) and their prompt texts are equal;
+    rows without `image_keys` are never shared."""
+    first: Dict[Any, int] = {}
+    todo: List[int] = []
+    where: List[int] = []
+    for j, r in enumerate(reqs):
+        keys = rows[j // 2].get("image_keys")
+        k = (keys[j % 2], r.prompt) if keys else ("row", j)
+        if k not in first:
+            first[k] = len(todo)
+            todo.append(j)
+        where.append(first[k])
+    return todo, where
 
 
 def evaluate_pairs(actors: Sequence[Any], prompt, pairs, sampling, unparsed: str = "drop", seed: int = 0,
@@ -54,7 +77,9 @@ def evaluate_pairs(actors: Sequence[Any], prompt, pairs, sampling, unparsed: str
     reqs = list(requests) if requests is not None else pair_eval_requests(prompt, pairs, seed)
     spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                         max_tokens=sampling.max_tokens)
-    comps, versions = generate_on(actors, reqs, spec, timeout_s)
+    todo, where = shared_requests(pairs.rows, reqs)
+    distinct, versions = generate_on(actors, [reqs[j] for j in todo], spec, timeout_s)
+    comps = [distinct[w] for w in where]
     scores, n_ok, n_all, lens, samples = [], 0, 0, [], []
     for i in range(len(pairs)):
         n_pr = len(pairs.rows[i]["principles"])
@@ -70,6 +95,6 @@ def evaluate_pairs(actors: Sequence[Any], prompt, pairs, sampling, unparsed: str
                 samples.append(cs[0].text)
         scores.append(tuple(pair_scores))
     m = pairwise_metrics([s[0] for s in scores], [s[1] for s in scores], pairs.categories())
-    m.update(parse_rate=n_ok / max(1, n_all), k=sampling.n, trace_length_mean=float(np.mean(lens)) if lens else 0.0,
+    m.update(parse_rate=n_ok / max(1, n_all), k=sampling.n, images_scored=len(todo), trace_length_mean=float(np.mean(lens)) if lens else 0.0,
              seconds=time.time() - t0)
     return {"metrics": m, "scores": scores, "versions": sorted(versions), "samples": samples}
