@@ -292,3 +292,30 @@ def test_sigint_stops_cleanly_killed_run_resume_line_no_ray_left(tiny_models, sa
         time.sleep(1)
     assert _ray_processes(ray_tmp) == []
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the RRM verdict parser
+def test_verdict_parser_is_linear_in_its_input():
+    import random
+    import re
+
+    from edit_rlhf.rrm.parse import parse_verdict, score_tags
+
+    old = re.compile(r"<\s*score\s*>(.*?)<\s*[/\\]\s*score\s*>", re.I | re.S)  # the quadratic regex it replaces
+    rng = random.Random(0)
+    pieces = ["<score>", "</score>", "< SCORE >", "<\\score>", "5", " ", "x", "<", ">", "score", "\n"]
+    for _ in range(3000):  # the same tags as that regex found
+        t = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert [(m.start(), m.group(1)) for m in old.finditer(t)] == [(x.start, x.body) for x in score_tags(t)], t
+    reply = ("<score>" * 20000)[:140_000]
+    best = min(_timed(parse_verdict, reply) for _ in range(3))
+    assert parse_verdict(reply).reason.startswith("<score> tag is not closed") and best < 0.05, best
+    for reply in ("{" * 140_000 + "<score>5</score>", "[{" * 70_000 + "<score>5</score>"):  # unterminated brackets
+        assert min(_timed(parse_verdict, reply) for _ in range(2)) < 2.0
+        assert not parse_verdict(reply).ok
+
+
+def _timed(fn, *a):
+    t = time.perf_counter()
+    fn(*a)
+    return time.perf_counter() - t
