@@ -319,3 +319,82 @@ def _timed(fn, *a):
     t = time.perf_counter()
     fn(*a)
     return time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- data errors
+@pytest.mark.integration
+def test_corrupt_row_under_schema_validation_is_a_data_error_not_retried(ray_cluster, grpo_cfg, sandbox_dir, tmp_path):
+    import datasets
+
+    from edit_rlhf.data.prompts import DatasetError
+    from edit_rlhf.pipelines.grpo import GRPOTrainer
+
+    ds = datasets.load_from_disk(f"{sandbox_dir}/prompts_train").cast_column("source_image", datasets.Image(decode=False))
+    rows = ds.to_list()
+    for r in rows:  # every row corrupt: the first step meets one whatever the sampler draws
+        r["source_image"] = {"bytes": b"\x89PNG\r\n\x1a\n not really a png", "path": None}
+    datasets.Dataset.from_list(rows, features=ds.features).save_to_disk(str(tmp_path / "bad"))
+    tr = GRPOTrainer(grpo_cfg(f"data.train={tmp_path}/bad", "data.validate=schema", "data.eval=null", "steps=1",
+                              "save_every=0", "eval_every=0", "rollout.size=2"), quiet=True)
+    t = time.time()
+    with pytest.raises(DatasetError) as e:
+        tr.run()
+    assert "source_image" in str(e.value) and "failed to generate" not in str(e.value)
+    assert sum(tr.rollout.served) == 0 if hasattr(tr, "rollout") else True
+    print(f"corrupt row under validate=schema: DatasetError after {time.time() - t:.1f}s")
+
+
+def test_submit_dry_run_line_works_on_a_token_auth_cluster(monkeypatch, tmp_path, capsys):
+    from edit_rlhf.cluster.submit import submit
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t" * 32)
+    assert submit(["--", "grpo", "--config", TINY], "http://10.0.0.1:8265", dry_run=True) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("RAY_AUTH_MODE=token ray job submit --address http://10.0.0.1:8265") and "t" * 32 not in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    submit(["--", "grpo", "--config", TINY], "http://10.0.0.1:8265", dry_run=True)
+    assert capsys.readouterr().out.startswith("ray job submit")
+
+
+def _kill_matching(marker: str) -> None:
+    """Stop only the processes of this test's Ray (`ray stop` would stop every Ray cluster on the machine)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and any(marker in a for a in (p.info["cmdline"] or [])):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@pytest.mark.integration
+def test_local_run_beside_a_ray_start_cluster_starts_its_own_with_one_line():
+    import tempfile
+
+    from edit_rlhf.cluster.pools import free_port
+
+    rt = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(RAY_TMPDIR=rt, RAY_AUTH_MODE="disabled")
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    try:
+        r = subprocess.run([ray_bin, "start", "--head", f"--port={free_port()}", "--num-cpus=1",
+                            "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
+                           env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-2000:]
+        code = ("import ray; from edit_rlhf.cluster.pools import init_ray; from edit_rlhf.config.schema import "
+                "ClusterConfig; init_ray(ClusterConfig(num_cpus=2)); print('cpus', ray.cluster_resources()['CPU']); "
+                "ray.shutdown()")
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "cpus 2.0" in p.stdout  # its own local cluster, not the 1-CPU one started above
+        lines = [x for x in p.stdout.splitlines() if "already running" in x]
+        assert len(lines) == 1 and "cluster.address=auto" in lines[0], p.stdout
+    finally:
+        _kill_matching(rt)
+        shutil.rmtree(rt, ignore_errors=True)
