@@ -102,6 +102,7 @@ class GRPOTrainer:
         self.monitor = HackingMonitor(cfg.monitor.window, cfg.monitor.threshold)
         self.counters = {"prompts_consumed": 0, "samples_trained": 0, "generate_retries": 0, "score_retries": 0,
                          "score_failures": 0, "stale_generations": 0, "actor_resyncs": 0}
+        self.ledger: List[List[int]] = []  # [step, prompt indices...] per trained step: soaks check none is lost/twice
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -169,6 +170,7 @@ class GRPOTrainer:
         self.learner.broadcast("load_checkpoint", os.path.join(step_dir, "learner"))
         self.sampler.load(state["sampler"])
         self.counters.update(state.get("counters", {}))
+        self.ledger = [list(x) for x in state.get("ledger", [])]
         if state.get("monitor"):
             self.monitor.load(state["monitor"])
         self.eval_per_prompt = {int(k): v for k, v in state.get("eval_per_prompt", {}).items()}
@@ -253,6 +255,7 @@ class GRPOTrainer:
         t_sync = time.time()
         sync_s = self._sync_weights()
         step_s = time.time() - t_step
+        self.ledger.append([step, *[int(j.index) for j in jobs]])  # what each step trained (saved in state.json)
         self.counters["prompts_consumed"] += len(jobs)
         self.counters["samples_trained"] += rewards.size
         for k in ("generate_retries", "score_retries", "score_failures", "stale_generations"):
@@ -448,9 +451,11 @@ class GRPOTrainer:
         with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
             self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
             ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
+            maybe_fail("driver", "checkpoint")  # drills: the driver dies with a half-written step directory
             np_state = np.random.get_state()
             state = {"step": step, "policy_version": self.version, "rrm_version": None,
-                     "sampler": self.sampler.state(), "counters": dict(self.counters), "monitor": self.monitor.state(),
+                     "sampler": self.sampler.state(), "counters": dict(self.counters), "ledger": self.ledger,
+                     "monitor": self.monitor.state(),
                      "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
                      "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                      "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
