@@ -398,3 +398,11 @@ def test_local_run_beside_a_ray_start_cluster_starts_its_own_with_one_line():
     finally:
         _kill_matching(rt)
         shutil.rmtree(rt, ignore_errors=True)
+
+
+def test_random_fault_rates_kill_at_the_site_and_log_it(tmp_path):
+    log = tmp_path / "faults.log"
+    env = dict(os.environ, EDIT_RLHF_FAULT_RATES="score=0,step=1", EDIT_RLHF_FAULT_LOG=str(log))
+    code = "from edit_rlhf.faults import maybe_fail; maybe_fail('reward-0', 'score'); maybe_fail('driver', 'step'); print('alive')"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 17 and "alive" not in p.stdout and log.read_text() == "driver step 1\n"
