@@ -138,7 +138,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
     args = build_parser().parse_args(argv)
     usage, run = _expected_errors()
-    stops.install()
+    previous = stops.install()
     try:
         return _dispatch(args)
     except KeyboardInterrupt as e:  # SIGINT / SIGTERM (stops.Stopped) or a plain Ctrl-C before install
@@ -159,6 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         stops.say(args.command, f"error: {type(e).__name__}: {stops.one_line(e)}")
         return 1
+    finally:
+        stops.uninstall(previous)
 
 
 # commands whose config has `resume` (their stop message names the resume command)

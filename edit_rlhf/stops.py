@@ -36,11 +36,18 @@ def _handler(signum, frame) -> None:
     raise Stopped(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM of this (main-thread) driver through `Stopped`."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _handler)
-    _STATE["installed"] = True
+def install() -> dict:
+    """Route SIGINT and SIGTERM of this (main-thread) driver through `Stopped`; returns the previous handlers
+    (for `uninstall`, when the CLI runs inside another program such as a test)."""
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _STATE.update(installed=True, signal=None, pending=None)
+    return previous
+
+
+def uninstall(previous: dict) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+    _STATE["installed"] = False
 
 
 def after_ray_init() -> None:
@@ -48,7 +55,8 @@ def after_ray_init() -> None:
     import threading
 
     if _STATE["installed"] and threading.current_thread() is threading.main_thread():
-        install()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _handler)
 
 
 def stopped_by() -> Optional[int]:
