@@ -19,7 +19,7 @@ import re
 from typing import Any, Dict, Iterable, Set
 
 MASK = "***"
-SECRET_WORDS = {"token", "secret", "secrets", "password", "passwd", "pwd", "passphrase", "key", "apikey",
+SECRET_WORDS = {"token", "secret", "secrets", "password", "passwd", "passphrase", "key", "apikey",
                 "credential", "credentials", "auth", "authorization", "api", "private", "cookie", "signature",
                 "sas", "bearer"}
 # maps whose values are environment variables: every value is treated as a secret, whatever its name
@@ -44,16 +44,36 @@ def is_env_map(key: str) -> bool:
     return str(key).lower() in ENV_MAPS
 
 
-def register(values: Iterable[Any]) -> None:
-    """Remember secret values so that `scrub` removes them from any string (process-wide)."""
+def register(values: Iterable[Any], strict: bool = False) -> None:
+    """Remember secret values so that `scrub` removes them from any string (process-wide). `strict`: only
+    values that look like credentials (`looks_like_secret`), for sources where settings sit beside secrets."""
     for v in values:
-        if isinstance(v, str) and len(v) >= MIN_SCRUB_LEN:
+        if (isinstance(v, str) and len(v) >= MIN_SCRUB_LEN and not looks_like_setting(v)
+                and (not strict or looks_like_secret(v))):
             _SECRETS.add(v)
 
 
-def secret_values(obj: Any, in_env: bool = False) -> list:
-    """Every value of `obj` (nested dicts / lists / config dataclasses) under a secret-looking key or in an
-    environment-like map."""
+_SETTINGS = {"disabled", "enabled", "token", "true", "false", "none", "null", "auto", "default", "required",
+             "optional", "bearer", "basic"}
+
+
+def looks_like_setting(v: str) -> bool:
+    """A mode word or a path (RAY_AUTH_MODE=disabled, PWD=/work): never searched for inside other text."""
+    v = v.strip()
+    return v.lower() in _SETTINGS or v.startswith(("/", "~", "./", "../")) or os.path.exists(v)
+
+
+def looks_like_secret(v: str) -> bool:
+    """A credential-like string: long, or with letters and digits mixed. Settings such as RAY_AUTH_MODE=disabled,
+    OMP_NUM_THREADS=1 or HF_HOME=/data/hf are masked where they stand but not searched for in other text."""
+    v = v.strip()
+    return len(v) >= 8 and (len(v) >= 24 and " " not in v and "/" not in v
+                            or (any(c.isdigit() for c in v) and any(c.isalpha() for c in v)))
+
+
+def secret_values(obj: Any, in_env: bool = False, named_only: bool = False) -> list:
+    """Every value of `obj` (nested dicts / lists / config dataclasses) under a secret-looking key or (unless
+    `named_only`) in an environment-like map."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -61,24 +81,26 @@ def secret_values(obj: Any, in_env: bool = False) -> list:
     out = []
     if isinstance(obj, dict):
         for k, v in obj.items():
-            secret = in_env or is_secret_key(k)
+            secret = (in_env and not named_only) or is_secret_key(k)
             if isinstance(v, (dict, list, tuple)) or dataclasses.is_dataclass(v):
-                out += secret_values(v, in_env=in_env or is_env_map(k))
+                out += secret_values(v, in_env or is_env_map(k), named_only)
             elif secret and isinstance(v, str) and v:
                 out.append(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            out += secret_values(v, in_env)
+            out += secret_values(v, in_env, named_only)
     return out
 
 
 def register_config(cfg: Any) -> None:
-    register(secret_values(cfg))
+    """Secrets of a config: values under secret-looking keys, and credential-like values of environment maps."""
+    register(secret_values(cfg, named_only=True))
+    register(secret_values(cfg), strict=True)
 
 
 def register_environ(environ: Dict[str, str] = os.environ) -> None:
     """This process's own secret-looking environment variables (HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...)."""
-    register(v for k, v in environ.items() if is_secret_key(k))
+    register((v for k, v in environ.items() if is_secret_key(k)), strict=True)
 
 
 def scrub_str(s: str) -> str:

@@ -406,3 +406,12 @@ def test_random_fault_rates_kill_at_the_site_and_log_it(tmp_path):
     code = "from edit_rlhf.faults import maybe_fail; maybe_fail('reward-0', 'score'); maybe_fail('driver', 'step'); print('alive')"
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 17 and "alive" not in p.stdout and log.read_text() == "driver step 1\n"
+
+
+def test_settings_beside_secrets_are_not_scrubbed_from_other_text():
+    from edit_rlhf import redaction as r
+
+    r.register_config({"cluster": {"actor_env": {"RAY_AUTH_MODE": "disabled", "HF_HOME": "/data/hf_cache",
+                                                 "OMP_NUM_THREADS": "1"}}})
+    assert r.scrub_str("auth disabled, cache /data/hf_cache, 1 thread") == "auth disabled, cache /data/hf_cache, 1 thread"
+    assert r.scrub({"actor_env": {"RAY_AUTH_MODE": "disabled"}}) == {"actor_env": {"RAY_AUTH_MODE": "***"}}
