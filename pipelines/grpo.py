@@ -58,8 +58,8 @@ def prepare_inputs(cfg) -> None:
                   ("data.train", cfg.data.train, None, "data"), ("data.eval", cfg.data.eval, None, "data")], build)
     if not build:
         return
-    models = [p for p, m in ((cfg.editor.path, "model_index.json"), (rrm, "config.json"),
-                             (cfg.monitor.pq.path or None, "config.json")) if p and not os.path.exists(os.path.join(p, m))]
+    wanted = ((cfg.editor.path, "model_index.json"), (rrm, "config.json"), (cfg.monitor.pq.path or None, "config.json"))
+    models = [p for p, m in wanted if p and not os.path.exists(os.path.join(p, m))]
     if models and all(buildable_models(p) for p in models):
         from edit_rlhf.models.tiny import make_tiny_models
 

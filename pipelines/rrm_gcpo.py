@@ -23,8 +23,8 @@ import numpy as np
 
 from edit_rlhf.checkpoint import publish
 from edit_rlhf.cluster.sync import SyncError  # noqa: F401 (a weight sync whose engines disagree)
-from edit_rlhf.redaction import redacted_config, scrub
 from edit_rlhf.faults import maybe_fail
+from edit_rlhf.redaction import redacted_config, scrub
 
 CORE = "edit_rlhf.rrm_train.gcpo_learner:GCPOLearner"
 

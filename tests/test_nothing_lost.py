@@ -329,7 +329,8 @@ def test_corrupt_row_under_schema_validation_is_a_data_error_not_retried(ray_clu
     from edit_rlhf.data.prompts import DatasetError
     from edit_rlhf.pipelines.grpo import GRPOTrainer
 
-    ds = datasets.load_from_disk(f"{sandbox_dir}/prompts_train").cast_column("source_image", datasets.Image(decode=False))
+    ds = datasets.load_from_disk(f"{sandbox_dir}/prompts_train")
+    ds = ds.cast_column("source_image", datasets.Image(decode=False))
     rows = ds.to_list()
     for r in rows:  # every row corrupt: the first step meets one whatever the sampler draws
         r["source_image"] = {"bytes": b"\x89PNG\r\n\x1a\n not really a png", "path": None}
@@ -383,7 +384,8 @@ def test_local_run_beside_a_ray_start_cluster_starts_its_own_with_one_line():
     try:
         r = subprocess.run([ray_bin, "start", "--head", f"--port={free_port()}", "--num-cpus=1",
                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-                            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                            f"--dashboard-agent-listen-port={free_port()}",
+                            f"--dashboard-agent-grpc-port={free_port()}",
                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
                            env=env, capture_output=True, text=True, timeout=180)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -403,7 +405,8 @@ def test_local_run_beside_a_ray_start_cluster_starts_its_own_with_one_line():
 def test_random_fault_rates_kill_at_the_site_and_log_it(tmp_path):
     log = tmp_path / "faults.log"
     env = dict(os.environ, EDIT_RLHF_FAULT_RATES="score=0,step=1", EDIT_RLHF_FAULT_LOG=str(log))
-    code = "from edit_rlhf.faults import maybe_fail; maybe_fail('reward-0', 'score'); maybe_fail('driver', 'step'); print('alive')"
+    code = ("from edit_rlhf.faults import maybe_fail; maybe_fail('reward-0', 'score'); maybe_fail('driver', 'step'); "
+            "print('alive')")
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 17 and "alive" not in p.stdout and log.read_text() == "driver step 1\n"
 
@@ -413,5 +416,6 @@ def test_settings_beside_secrets_are_not_scrubbed_from_other_text():
 
     r.register_config({"cluster": {"actor_env": {"RAY_AUTH_MODE": "disabled", "HF_HOME": "/data/hf_cache",
                                                  "OMP_NUM_THREADS": "1"}}})
-    assert r.scrub_str("auth disabled, cache /data/hf_cache, 1 thread") == "auth disabled, cache /data/hf_cache, 1 thread"
+    text = "auth disabled, cache /data/hf_cache, 1 thread"
+    assert r.scrub_str(text) == text
     assert r.scrub({"actor_env": {"RAY_AUTH_MODE": "disabled"}}) == {"actor_env": {"RAY_AUTH_MODE": "***"}}
