@@ -1,7 +1,9 @@
 """The one CLI: `edit-rlhf <command> ...`, also `python -m edit_rlhf <command> ...` (what `ray job submit` runs).
 
-Pipelines take `--config FILE` and dotted overrides `key.sub=value`. Errors in configs or data print one
-clear line (naming the key, file or row) and exit with status 2.
+Pipelines take `--config FILE` and dotted overrides `key.sub=value`. Errors in configs, data or input paths
+print one clear line (naming the key, file or row) and exit with status 2; checkpoint, authentication, pool and
+run-store errors one line and status 1; SIGINT / SIGTERM stop a run cleanly with 130 / 143 (edit_rlhf.stops).
+`--debug` or EDIT_RLHF_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ def _pipeline_parser(sub, name: str, help_: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0],
+                                 epilog="--debug (anywhere before '--') or EDIT_RLHF_DEBUG=1: show the traceback of "
+                                        "errors that are otherwise one line")
     sub = ap.add_subparsers(dest="command", required=True)
     _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
     _pipeline_parser(sub, "edit-r1", "the whole Edit-R1 recipe as stages (principles, RRM SFT, RRM GCPO, editor GRPO, "
@@ -104,29 +108,26 @@ def _load(schema, args):
     return load_config(schema, args.config, list(args.overrides) + extra)
 
 
-def _expected_errors():
-    """(exceptions that are a user's problem -> one line and exit 2, ... -> exit 1): no traceback for these."""
+def _classify(e: BaseException) -> int:
+    """Exit status of an expected error (a user's problem: one line, no traceback): 2 for config / data / path
+    errors, 1 for checkpoint, authentication, pool, learner, rollout, sync and run-store errors; 0 for anything
+    else (a bug: its traceback is shown). Imports only what is already loaded, so the CLI starts fast."""
     from edit_rlhf.checkpoint import CheckpointError
     from edit_rlhf.config import ConfigError
     from edit_rlhf.data.prompts import DatasetError
     from edit_rlhf.paths import PathError
 
-    usage = (ConfigError, DatasetError, PathError)
-    run = [CheckpointError]
-    try:
-        from ray.exceptions import AuthenticationError
-
-        run.append(AuthenticationError)
-    except ImportError:
-        pass
-    for mod, name in (("edit_rlhf.cluster.pools", "PoolError"), ("edit_rlhf.pipelines.grpo", "LearnerFailed"),
-                      ("edit_rlhf.pipelines.streaming", "RolloutFailed"), ("edit_rlhf.cluster.sync", "SyncError"),
-                      ("edit_rlhf.store", "StoreError")):
-        try:
-            run.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return usage, tuple(run)
+    if isinstance(e, (ConfigError, DatasetError, PathError)):
+        return 2
+    if isinstance(e, CheckpointError):
+        return 1
+    for mod, name in (("ray.exceptions", "AuthenticationError"), ("edit_rlhf.cluster.pools", "PoolError"),
+                      ("edit_rlhf.pipelines.grpo", "LearnerFailed"), ("edit_rlhf.pipelines.streaming", "RolloutFailed"),
+                      ("edit_rlhf.cluster.sync", "SyncError"), ("edit_rlhf.store", "StoreError")):
+        cls = getattr(sys.modules.get(mod), name, None)
+        if cls is not None and isinstance(e, cls):
+            return 1
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -137,7 +138,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = stops.debug_requested(argv[:cut])
     argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
     args = build_parser().parse_args(argv)
-    usage, run = _expected_errors()
     previous = stops.install()
     try:
         return _dispatch(args)
@@ -149,16 +149,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"stopped; nothing half-written is kept. Resume with: {stops.resume_command(argv)}"
         stops.say(args.command, f"{__import__('signal').Signals(signum).name}: {what}")
         return stops.exit_code(signum)
-    except usage as e:
-        if debug:
+    except Exception as e:
+        code = _classify(e)
+        if debug or not code:
             raise
-        stops.say(args.command, f"error: {stops.one_line(e)}")
-        return 2
-    except run as e:
-        if debug:
-            raise
-        stops.say(args.command, f"error: {type(e).__name__}: {stops.one_line(e)}")
-        return 1
+        stops.say(args.command, f"error: {stops.one_line(e)}" if code == 2 else
+                  f"error: {type(e).__name__}: {stops.one_line(e)}")
+        return code
     finally:
         stops.uninstall(previous)
 
