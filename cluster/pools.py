@@ -316,10 +316,29 @@ def init_ray(cluster_cfg, runtime_env: Optional[dict] = None, log_to_driver: boo
     if address and address != "local":
         kw["address"] = address
     else:
-        kw.update(num_cpus=cluster_cfg.num_cpus or max(8, os.cpu_count() or 1),
+        # address="local" always starts this run's own cluster: without it ray.init() silently joins a `ray start`
+        # cluster found on this machine and then rejects num_cpus ("must not be provided") with a traceback
+        kw.update(address="local", num_cpus=cluster_cfg.num_cpus or max(8, os.cpu_count() or 1),
                   include_dashboard=cluster_cfg.include_dashboard, dashboard_host=cluster_cfg.dashboard_host)
         if cluster_cfg.num_gpus is not None:
             kw["num_gpus"] = cluster_cfg.num_gpus
+        running = _running_local_cluster()
+        if running:
+            print(f"[ray] a Ray cluster is already running on this machine ({running}); this run starts its own "
+                  f"local Ray (cluster.address=auto joins that one instead)", flush=True)
     t = time.time()
     ray.init(**kw)
+    from edit_rlhf.stops import after_ray_init
+
+    after_ray_init()  # ray.init replaced the driver's SIGTERM handler with a bare sys.exit
     return {"seconds": time.time() - t, **ray.cluster_resources()}
+
+
+def _running_local_cluster() -> Optional[str]:
+    """The address of a `ray start` cluster recorded on this machine (its bootstrap file), if any."""
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        return find_bootstrap_address(None)
+    except Exception:  # a Ray-internal helper: its absence only costs the explanatory line
+        return None

@@ -61,15 +61,26 @@ def entrypoint(args: List[str], address: str, python: Optional[str] = None) -> s
 
 
 def cli_equivalent(args: List[str], address: str, wait: bool = True, python: Optional[str] = None) -> str:
+    """The plain `ray job submit` line; prefixed with `RAY_AUTH_MODE=token` when the cluster uses token auth
+    (the bare line fails there: the `ray` CLI does not switch to token mode by itself)."""
     cmd = ["ray", "job", "submit", "--address", address, "--runtime-env-json", json.dumps(runtime_env())]
     if not wait:
         cmd.append("--no-wait")
-    return " ".join(shlex.quote(c) for c in cmd) + " -- " + entrypoint(args, address, python)
+    prefix = "RAY_AUTH_MODE=token " if token_auth() else ""
+    return prefix + " ".join(shlex.quote(c) for c in cmd) + " -- " + entrypoint(args, address, python)
+
+
+def token_auth() -> bool:
+    """Token auth in use: RAY_AUTH_MODE=token, or (unless RAY_AUTH_MODE says otherwise) a token in RAY_AUTH_TOKEN
+    or ~/.ray/auth_token (what `ray start` writes in Ray 2.60)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode:
+        return mode == "token"
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
 
 
 def _auth_env() -> None:
-    token_file = os.path.expanduser("~/.ray/auth_token")
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file)):
+    if "RAY_AUTH_MODE" not in os.environ and token_auth():
         os.environ["RAY_AUTH_MODE"] = "token"
 
 

@@ -1,7 +1,9 @@
 """The one CLI: `edit-rlhf <command> ...`, also `python -m edit_rlhf <command> ...` (what `ray job submit` runs).
 
-Pipelines take `--config FILE` and dotted overrides `key.sub=value`. Errors in configs or data print one
-clear line (naming the key, file or row) and exit with status 2.
+Pipelines take `--config FILE` and dotted overrides `key.sub=value`. Errors in configs, data or input paths
+print one clear line (naming the key, file or row) and exit with status 2; checkpoint, authentication, pool and
+run-store errors one line and status 1; SIGINT / SIGTERM stop a run cleanly with 130 / 143 (edit_rlhf.stops).
+`--debug` or EDIT_RLHF_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -20,11 +22,15 @@ def _pipeline_parser(sub, name: str, help_: str):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in output_dir (or the given step directory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run even though output_dir holds another run's checkpoints (deletes them)")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="edit-rlhf", description=__doc__.split("\n")[0],
+                                 epilog="--debug (anywhere before '--') or EDIT_RLHF_DEBUG=1: show the traceback of "
+                                        "errors that are otherwise one line")
     sub = ap.add_subparsers(dest="command", required=True)
     _pipeline_parser(sub, "grpo", "Flow-GRPO training of a FLUX.1-Kontext editor (LoRA) on Ray")
     _pipeline_parser(sub, "edit-r1", "the whole Edit-R1 recipe as stages (principles, RRM SFT, RRM GCPO, editor GRPO, "
@@ -59,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.add_argument("--link-images", action="store_true", help="PNG files beside the HTML instead of embedded base64")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the (first) run's MLflow artifacts")
+    p = sub.add_parser("repair-store", help="repair a half-migrated sqlite MLflow store (backs up mlflow.db first)")
+    p.add_argument("dir", help="the store folder (tracking.dir, holding mlflow.db)")
     p = sub.add_parser("make-tiny-models", help="build tiny random Kontext editor + Qwen2.5-VL RRM (offline)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
@@ -93,30 +101,79 @@ def _load(schema, args):
         if "resume" not in getattr(schema, "__dataclass_fields__", {}):
             raise ConfigError(f"--resume: '{args.command}' has no checkpoints to resume from")
         extra = [f"resume={args.resume}"]
+    if getattr(args, "overwrite", False):
+        if "overwrite" not in getattr(schema, "__dataclass_fields__", {}):
+            raise ConfigError(f"--overwrite: '{args.command}' keeps no checkpoints to overwrite")
+        extra.append("overwrite=true")
     return load_config(schema, args.config, list(args.overrides) + extra)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def _classify(e: BaseException) -> int:
+    """Exit status of an expected error (a user's problem: one line, no traceback): 2 for config / data / path
+    errors, 1 for checkpoint, authentication, pool, learner, rollout, sync and run-store errors; 0 for anything
+    else (a bug: its traceback is shown). Imports only what is already loaded, so the CLI starts fast."""
+    from edit_rlhf.checkpoint import CheckpointError
     from edit_rlhf.config import ConfigError
     from edit_rlhf.data.prompts import DatasetError
+    from edit_rlhf.paths import PathError
 
+    if isinstance(e, (ConfigError, DatasetError, PathError)):
+        return 2
+    if isinstance(e, CheckpointError):
+        return 1
+    for mod, name in (("ray.exceptions", "AuthenticationError"), ("edit_rlhf.cluster.pools", "PoolError"),
+                      ("edit_rlhf.pipelines.grpo", "LearnerFailed"), ("edit_rlhf.pipelines.streaming", "RolloutFailed"),
+                      ("edit_rlhf.cluster.sync", "SyncError"), ("edit_rlhf.store", "StoreError")):
+        cls = getattr(sys.modules.get(mod), name, None)
+        if cls is not None and isinstance(e, cls):
+            return 1
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from edit_rlhf import stops
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = stops.debug_requested(argv[:cut])
+    argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
+    args = build_parser().parse_args(argv)
+    previous = stops.install()
     try:
         return _dispatch(args)
-    except (ConfigError, DatasetError) as e:
-        print(f"edit-rlhf {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:  # SIGINT / SIGTERM (stops.Stopped) or a plain Ctrl-C before install
+        signum = getattr(e, "signum", None) or stops.stopped_by() or 2
+        if debug:
+            raise
+        what = "stopped" if args.command not in PIPELINE_WITH_RESUME else \
+            f"stopped; nothing half-written is kept. Resume with: {stops.resume_command(argv)}"
+        stops.say(args.command, f"{__import__('signal').Signals(signum).name}: {what}")
+        return stops.exit_code(signum)
+    except Exception as e:
+        code = _classify(e)
+        if debug or not code:
+            raise
+        stops.say(args.command, f"error: {stops.one_line(e)}" if code == 2 else
+                  f"error: {type(e).__name__}: {stops.one_line(e)}")
+        return code
+    finally:
+        stops.uninstall(previous)
+
+
+# commands whose config has `resume` (their stop message names the resume command)
+PIPELINE_WITH_RESUME = {"grpo", "edit-r1", "rrm-sft", "rrm-gcpo", "editor-sft"}
 
 
 def _run_pipeline(args) -> int:
     """A registered pipeline command (edit_rlhf.commands.PIPELINES): load and validate its config, run it."""
     from edit_rlhf.commands import pipeline
     from edit_rlhf.config import to_yaml
+    from edit_rlhf.redaction import redacted_config
 
     schema, runner = pipeline(args.command)
     cfg = _load(schema, args)
     if args.print_config:
-        print(to_yaml(cfg))
+        print(to_yaml(redacted_config(cfg)))
         return 0
     from edit_rlhf.runtime import setup_process
 
@@ -161,10 +218,11 @@ def _dispatch(args) -> int:
     if args.command == "edit-r1":
         from edit_rlhf.config import to_yaml
         from edit_rlhf.config.edit_r1 import EditR1Config
+        from edit_rlhf.redaction import redacted_config
 
         cfg = _load(EditR1Config, args)
         if args.print_config:
-            print(to_yaml(cfg))
+            print(to_yaml(redacted_config(cfg)))
             return 0
         from edit_rlhf.pipelines.edit_r1 import run_edit_r1
 
@@ -188,6 +246,11 @@ def _dispatch(args) -> int:
             return 2
         print(f"report: {info['path']} ({info['bytes'] / 1024:.0f} KiB, {info['images']} images"
               + (f"; logged to MLflow run {info['logged_to']}" if info["logged_to"] else "") + ")")
+        return 0
+    if args.command == "repair-store":
+        from edit_rlhf.store import repair
+
+        print(json.dumps(repair(args.dir)))
         return 0
     if args.command == "make-tiny-models":
         from edit_rlhf.runtime import setup_process

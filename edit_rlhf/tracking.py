@@ -2,7 +2,8 @@
 
 Default store: sqlite at `<dir>/mlflow.db` with artifacts under `<dir>/artifacts` (MLflow 3 refuses the
 plain file store, and a relative default artifact root collides with it). `uri` or MLFLOW_TRACKING_URI point
-at a server instead. Params are the flattened resolved config; values that look like secrets are redacted.
+at a server instead. Params are the flattened resolved config; params, tags and dict artifacts pass through
+`edit_rlhf.redaction` (secret-looking keys, environment maps and known secret values are masked).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 
-_SECRET = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 MAX_PARAM_LEN = 6000
 
@@ -31,11 +31,9 @@ def sanitize_key(key: str) -> str:
 
 
 def redact(params: Dict[str, Any]) -> Dict[str, str]:
-    out = {}
-    for k, v in params.items():
-        s = "***" if (_SECRET.search(k) and v not in (None, "")) else str(v)
-        out[sanitize_key(k)] = s[:MAX_PARAM_LEN]
-    return out
+    from edit_rlhf.redaction import redact_flat
+
+    return {sanitize_key(k): str(v)[:MAX_PARAM_LEN] for k, v in redact_flat(params).items()}
 
 
 class Tracker:
@@ -50,15 +48,27 @@ class Tracker:
             os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]) or ".", exist_ok=True)
         # An explicit client only: mlflow.set_tracking_uri() would also export MLFLOW_TRACKING_URI to every
         # child process (and so redirect the next run started from here).
-        self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            art = None
-            if self.uri.startswith("sqlite:"):
-                art = "file://" + os.path.join(os.path.abspath(directory), "artifacts")
-            exp_id = self.client.create_experiment(experiment, artifact_location=art)
-        else:
-            exp_id = exp.experiment_id
+        from edit_rlhf import store
+
+        # first connection (which migrates a new sqlite store) and experiment creation under the store's lock:
+        # concurrent first starts on one folder queue here instead of racing on alembic's temporary tables
+        with store.store_lock(self.uri):
+            store.check(self.uri)
+            try:
+                self.client = MlflowClient(self.uri)
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    art = None
+                    if self.uri.startswith("sqlite:"):
+                        art = "file://" + os.path.join(os.path.abspath(directory), "artifacts")
+                    exp_id = self.client.create_experiment(experiment, artifact_location=art)
+                else:
+                    exp_id = exp.experiment_id
+            except Exception as e:
+                err = store.translate(self.uri, e)
+                if err is e:
+                    raise
+                raise err from e
         if run_id:
             self.run_id = self.client.get_run(run_id).info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -80,13 +90,15 @@ class Tracker:
                 default_name: Optional[str] = None) -> "Tracker":
         """A training pipeline's run: the checkpoint's own MLflow run when resuming (`state` from
         `Checkpoints.resume_state`), else a new one holding the resolved config as params and config.json."""
-        from edit_rlhf.config import flatten, to_dict
+        from edit_rlhf.config import flatten
+        from edit_rlhf.redaction import redacted_config
 
         t = cls.from_config(cfg.tracking, run_id=state["mlflow_run_id"] if state else None, tags=tags,
                             default_name=default_name)
         if state is None:
-            t.log_params(flatten(to_dict(cfg)))
-            t.log_dict(to_dict(cfg), "config.json")
+            conf = redacted_config(cfg)
+            t.log_params(flatten(conf))
+            t.log_dict(conf, "config.json")
         return t
 
     def log_params(self, params: Dict[str, Any]) -> None:
@@ -120,6 +132,9 @@ class Tracker:
             self.client.log_artifact(self.run_id, p, os.path.dirname(artifact_file) or None)
 
     def log_dict(self, data: Dict[str, Any], artifact_file: str) -> None:
+        from edit_rlhf.redaction import scrub
+
+        data = scrub(data)
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, os.path.basename(artifact_file))
             with open(p, "w") as f:
@@ -130,11 +145,16 @@ class Tracker:
         self.client.log_artifacts(self.run_id, local_dir, artifact_path)
 
     def set_tags(self, tags: Dict[str, Any]) -> None:
-        for k, v in tags.items():
+        from edit_rlhf.redaction import redact_flat
+
+        for k, v in redact_flat({k: str(v) for k, v in tags.items()}).items():
             self.client.set_tag(self.run_id, sanitize_key(k), str(v)[:5000])
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        """End the run; a run ended by SIGINT / SIGTERM (edit_rlhf.stops) is KILLED rather than FAILED."""
+        from edit_rlhf.stops import stop_status
+
+        self.client.set_terminated(self.run_id, status=stop_status(status))
 
 
 def summarize(values: Iterable[float], prefix: str) -> Dict[str, float]:

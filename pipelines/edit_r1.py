@@ -17,7 +17,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 from edit_rlhf.commands import pipeline
-from edit_rlhf.config import ConfigError, flatten, load_config, to_dict
+from edit_rlhf.config import ConfigError, flatten, load_config
+from edit_rlhf.redaction import redacted_config, scrub
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.\-]+)\}")
 STAGE_FILE = "stage.json"
@@ -87,6 +88,8 @@ class EditR1:
             ov.append(f"output_dir={self._stage_dir(stage.name)}")
         if "seed" in fields and "seed" not in keys:
             ov.append(f"seed={self.cfg.seed}")
+        if self.cfg.overwrite and "overwrite" in fields and "overwrite" not in keys:
+            ov.append("overwrite=true")
         if self.cfg.resume and "resume" in fields and self._has_checkpoint(stage.name):
             ov.append("resume=auto")
         return ov
@@ -109,7 +112,7 @@ class EditR1:
         parent = Tracker.from_config(cfg.tracking, run_id=prev.get("mlflow_run_id"), tags={"pipeline": "edit-r1"},
                                      default_name="edit-r1")
         if not prev:
-            parent.log_params(flatten(to_dict(cfg)))
+            parent.log_params(flatten(redacted_config(cfg)))
         with open(state_p, "w") as f:
             json.dump({"mlflow_run_id": parent.run_id, "started": time.time()}, f)
         status = "FAILED"
@@ -128,7 +131,7 @@ class EditR1:
                 summary["report"] = self._report(parent)
             parent.log_dict(summary, "edit_r1_summary.json")
             with open(os.path.join(self.root, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2, default=str)
+                json.dump(scrub(summary), f, indent=2, default=str)
         return summary
 
     def _run_stage(self, stage, parent) -> None:
@@ -166,7 +169,7 @@ class EditR1:
                "seconds": round(secs, 1), "summary": summary}
         os.makedirs(self._stage_dir(name), exist_ok=True)
         with open(os.path.join(self._stage_dir(name), STAGE_FILE), "w") as f:
-            json.dump(rec, f, indent=2, default=str)
+            json.dump(scrub(rec), f, indent=2, default=str)
         self.results[name] = rec
         parent.log_metrics({f"time/{name}_s": secs, **_numeric(summary, name)}, step=len(self.results))
 

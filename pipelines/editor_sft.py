@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import redacted_config
 
 CORE = "edit_rlhf.sft.editor_sft:EditorSFTLearner"
 
@@ -72,8 +72,8 @@ class EditorSFTTrainer:
         t0 = time.time()
         absolutize(cfg)
         check_inputs(cfg)
-        self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir, state = self.ckpt.resume_state(cfg.resume)
+        self.ckpt = Checkpoints.for_run(cfg)
+        resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
         self.tracker = Tracker.for_run(cfg, state, {"pipeline": "editor-sft", "editor": cfg.editor.path,
@@ -121,12 +121,13 @@ class EditorSFTTrainer:
         import ray
 
         tmp = self.ckpt.begin(self.step)
-        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
-        ray.get(self.learner.actors[0].call.remote("save", os.path.join(tmp, "editor")))
-        state = {"step": self.step, "policy_version": self.step, "data_position": self.step,
-                 "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
-                 "config": to_dict(self.cfg), "time": time.time()}
-        return self.ckpt.commit(self.step, tmp, state)
+        with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
+            self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+            ray.get(self.learner.actors[0].call.remote("save", os.path.join(tmp, "editor")))
+            state = {"step": self.step, "policy_version": self.step, "data_position": self.step,
+                     "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
+                     "config": redacted_config(self.cfg), "time": time.time()}
+            return self.ckpt.commit(self.step, tmp, state)
 
     def run(self) -> Dict[str, Any]:
         from tqdm import tqdm

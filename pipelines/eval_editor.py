@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import flatten
+from edit_rlhf.redaction import redacted_config, scrub
 from edit_rlhf.data.prompts import DatasetError
 
 CATEGORY_COLUMNS = ("category", "edit_type", "task_type")
@@ -46,7 +47,12 @@ def resolve_lora(path: str, key: str) -> str:
 
 
 def prepare_missing(cfg) -> None:
-    """`build_missing`: build the tiny models and the sandbox data the embedded default points at."""
+    """Check the input paths (a missing one fails now, naming the closest existing path); with `build_missing`,
+    build the tiny models and the sandbox data where the paths are those defaults' own (edit_rlhf.paths)."""
+    from edit_rlhf.paths import check_inputs
+
+    check_inputs([("editor.path", cfg.editor.path, "model_index.json", "model"),
+                  ("data.path", cfg.data.path, None, "data")], cfg.build_missing)
     if not cfg.build_missing:
         return
     if not os.path.exists(os.path.join(cfg.editor.path, "model_index.json")):
@@ -154,8 +160,9 @@ class EditorEvaluation:
         if self.tracker is None:
             self.tracker = Tracker.from_config(cfg.tracking, tags={"pipeline": "eval-editor", "editor": cfg.editor.path,
                                                                    "data": self.data_path})
-        self.tracker.log_params(flatten(to_dict(cfg)))
-        self.tracker.log_dict(to_dict(cfg), "config.json")
+        conf = redacted_config(cfg)
+        self.tracker.log_params(flatten(conf))
+        self.tracker.log_dict(conf, "config.json")
         self.tracker.log_dict(self.data_info, "eval/data.json")
         self._start_pools()
         self.timing["setup_s"] = time.time() - t0
@@ -449,7 +456,7 @@ def run_eval_editor(cfg, quiet: bool = False, tracker=None) -> Dict[str, Any]:
         status = "FINISHED"
         s = ev.summary(time.time() - t0)
         with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-            json.dump(s, f, indent=2)
+            json.dump(scrub(s), f, indent=2)
         ev.tracker.log_dict(s, "eval/summary.json")
         ev.tracker.log_metrics({"eval/seconds": s["seconds"]}, 0)
     finally:

@@ -17,7 +17,8 @@ import os
 import time
 from typing import Any, Dict
 
-from edit_rlhf.config import flatten, to_dict
+from edit_rlhf.config import flatten
+from edit_rlhf.redaction import redacted_config
 
 
 def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
@@ -44,7 +45,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
     init_ray(cfg.cluster)
     tracker = Tracker.from_config(cfg.tracking, default_name="eval-rrm",
                       tags={"pipeline": "eval-rrm", "model": cfg.engine.path, "data": cfg.data.path})
-    tracker.log_params(flatten(to_dict(cfg)))
+    tracker.log_params(flatten(redacted_config(cfg)))
     pool, status = None, "FAILED"
     try:
         pool = ActorPool("rrm_eval", RRMRolloutWorker, cfg.pool,

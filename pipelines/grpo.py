@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import redacted_config, scrub
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
 from edit_rlhf.pipelines.streaming import Job, stream
@@ -45,16 +45,28 @@ def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, 
 
 
 def prepare_inputs(cfg) -> None:
-    """Build the embedded default's tiny models / sandbox data when `prepare.build_missing` and absent."""
-    if not cfg.prepare.build_missing:
+    """Check every input path (edit_rlhf.paths: a missing one fails now, naming the closest existing path), then
+    build the embedded default's tiny models / sandbox data when `prepare.build_missing` and the missing path is
+    that default's own (never beside a user's mistyped path)."""
+    from edit_rlhf.paths import buildable_data, buildable_models, check_inputs
+
+    build = cfg.prepare.build_missing
+    rrm = cfg.reward.rrm.path if cfg.reward.scorer == "rrm" else None
+    check_inputs([("editor.path", cfg.editor.path, "model_index.json", "model"),
+                  ("reward.rrm.path", rrm, "config.json", "model"),
+                  ("monitor.pq.path", cfg.monitor.pq.path or None, "config.json", "model"),
+                  ("data.train", cfg.data.train, None, "data"), ("data.eval", cfg.data.eval, None, "data")], build)
+    if not build:
         return
-    if not os.path.exists(os.path.join(cfg.editor.path, "model_index.json")):
+    wanted = ((cfg.editor.path, "model_index.json"), (rrm, "config.json"), (cfg.monitor.pq.path or None, "config.json"))
+    models = [p for p, m in wanted if p and not os.path.exists(os.path.join(p, m))]
+    if models and all(buildable_models(p) for p in models):
         from edit_rlhf.models.tiny import make_tiny_models
 
-        print(f"[prepare] building tiny models in {os.path.dirname(cfg.editor.path)}", flush=True)
-        make_tiny_models(os.path.dirname(cfg.editor.path), seed=cfg.prepare.tiny_models_seed)
+        print(f"[prepare] building tiny models in {os.path.dirname(models[0])}", flush=True)
+        make_tiny_models(os.path.dirname(models[0]), seed=cfg.prepare.tiny_models_seed)
     for p in (cfg.data.train, cfg.data.eval):
-        if p and not os.path.exists(p):
+        if p and not os.path.exists(p) and buildable_data(p):
             from edit_rlhf.sandbox.build import build_sandbox
             from edit_rlhf.sandbox.config import SandboxConfig
 
@@ -90,6 +102,7 @@ class GRPOTrainer:
         self.monitor = HackingMonitor(cfg.monitor.window, cfg.monitor.threshold)
         self.counters = {"prompts_consumed": 0, "samples_trained": 0, "generate_retries": 0, "score_retries": 0,
                          "score_failures": 0, "stale_generations": 0, "actor_resyncs": 0}
+        self.ledger: List[List[int]] = []  # [step, prompt indices...] per trained step: soaks check none is lost/twice
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -107,8 +120,8 @@ class GRPOTrainer:
         t0 = time.time()
         prepare_inputs(cfg)
         absolutize(cfg)
-        self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir, state = self.ckpt.resume_state(cfg.resume)
+        self.ckpt = Checkpoints.for_run(cfg)
+        resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         need = scorer_columns(cfg.reward)
         self.train_ds = EditPromptDataset(cfg.data.train, require=need, validate=cfg.data.validate)
         self.eval_ds = (EditPromptDataset(cfg.data.eval, require=need, validate=cfg.data.validate)
@@ -157,6 +170,7 @@ class GRPOTrainer:
         self.learner.broadcast("load_checkpoint", os.path.join(step_dir, "learner"))
         self.sampler.load(state["sampler"])
         self.counters.update(state.get("counters", {}))
+        self.ledger = [list(x) for x in state.get("ledger", [])]
         if state.get("monitor"):
             self.monitor.load(state["monitor"])
         self.eval_per_prompt = {int(k): v for k, v in state.get("eval_per_prompt", {}).items()}
@@ -241,6 +255,7 @@ class GRPOTrainer:
         t_sync = time.time()
         sync_s = self._sync_weights()
         step_s = time.time() - t_step
+        self.ledger.append([step, *[int(j.index) for j in jobs]])  # what each step trained (saved in state.json)
         self.counters["prompts_consumed"] += len(jobs)
         self.counters["samples_trained"] += rewards.size
         for k in ("generate_retries", "score_retries", "score_failures", "stale_generations"):
@@ -433,16 +448,19 @@ class GRPOTrainer:
         import ray
 
         tmp = self.ckpt.begin(step)
-        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
-        ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
-        np_state = np.random.get_state()
-        state = {"step": step, "policy_version": self.version, "rrm_version": None,
-                 "sampler": self.sampler.state(), "counters": dict(self.counters), "monitor": self.monitor.state(),
-                 "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
-                 "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-                 "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
-                 "config": to_dict(self.cfg), "time": time.time()}
-        return self.ckpt.commit(step, tmp, state)
+        with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
+            self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+            ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
+            maybe_fail("driver", "checkpoint")  # drills: the driver dies with a half-written step directory
+            np_state = np.random.get_state()
+            state = {"step": step, "policy_version": self.version, "rrm_version": None,
+                     "sampler": self.sampler.state(), "counters": dict(self.counters), "ledger": self.ledger,
+                     "monitor": self.monitor.state(),
+                     "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
+                     "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                     "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
+                     "config": redacted_config(self.cfg), "time": time.time()}
+            return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
@@ -478,7 +496,7 @@ class GRPOTrainer:
             summary["placement"] = self.placement()
             self.tracker.log_dict(summary, "summary.json")
             with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2, default=str)
+                json.dump(scrub(summary), f, indent=2, default=str)
             return summary
         finally:
             self.shutdown(status)

@@ -23,8 +23,8 @@ import numpy as np
 
 from edit_rlhf.checkpoint import publish
 from edit_rlhf.cluster.sync import SyncError  # noqa: F401 (a weight sync whose engines disagree)
-from edit_rlhf.config import to_dict
 from edit_rlhf.faults import maybe_fail
+from edit_rlhf.redaction import redacted_config, scrub
 
 CORE = "edit_rlhf.rrm_train.gcpo_learner:GCPOLearner"
 
@@ -91,8 +91,8 @@ class RRMGCPOTrainer:
                      if cfg.data.eval else None)
         self.prompt = RRMPrompt.from_path(cfg.model.path, cfg.prompt.style, cfg.prompt.system)
         self.sampler = PairSampler(len(self.train), cfg.seed)
-        self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir, state = self.ckpt.resume_state(cfg.resume)
+        self.ckpt = Checkpoints.for_run(cfg)
+        resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
         self.tracker = Tracker.for_run(cfg, state, {"pipeline": "rrm-gcpo", "model": cfg.model.path},
@@ -287,16 +287,17 @@ class RRMGCPOTrainer:
         import ray
 
         tmp = self.ckpt.begin(step)
-        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
-        ray.get(self.learner.actors[0].call.remote("save_hf", os.path.join(tmp, "hf"),
-                                                   {"step": step, "rrm_version": self.version,
-                                                    "sft": self.cfg.model.path}))
-        np_state = np.random.get_state()
-        state = {"step": step, "rrm_version": self.version, "policy_version": None, "sampler_pos": self.sampler.pos,
-                 "counters": dict(self.counters), "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-                 "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id, "history": self.history,
-                 "evals": self.evals, "config": to_dict(self.cfg), "time": time.time()}
-        return self.ckpt.commit(step, tmp, state)
+        with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
+            self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+            ray.get(self.learner.actors[0].call.remote("save_hf", os.path.join(tmp, "hf"),
+                                                       {"step": step, "rrm_version": self.version,
+                                                        "sft": self.cfg.model.path}))
+            np_state = np.random.get_state()
+            state = {"step": step, "rrm_version": self.version, "policy_version": None, "sampler_pos": self.sampler.pos,
+                     "counters": dict(self.counters), "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                     "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id, "history": self.history,
+                     "evals": self.evals, "config": redacted_config(self.cfg), "time": time.time()}
+            return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
@@ -331,7 +332,7 @@ class RRMGCPOTrainer:
             s = self.summary(time.time() - t0, last)
             self.tracker.log_dict(s, "summary.json")
             with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-                json.dump(s, f, indent=2, default=str)
+                json.dump(scrub(s), f, indent=2, default=str)
             return s
         finally:
             self.shutdown(status)

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import redacted_config, scrub
 
 CORE = "edit_rlhf.rrm_train.sft_learner:RRMSFTLearner"
 
@@ -89,8 +89,8 @@ class RRMSFTTrainer:
         t0 = time.time()
         absolutize(cfg)
         check_inputs(cfg)
-        self.ckpt = Checkpoints(cfg.output_dir)
-        resume_dir, state = self.ckpt.resume_state(cfg.resume)
+        self.ckpt = Checkpoints.for_run(cfg)
+        resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         self.started_ray = not ray.is_initialized()
         init_ray(cfg.cluster)
         self.tracker = Tracker.for_run(cfg, state, {"pipeline": "rrm-sft", "model": cfg.model.path,
@@ -131,14 +131,15 @@ class RRMSFTTrainer:
         import ray
 
         tmp = self.ckpt.begin(step)
-        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
-        ray.get(self.learner.actors[0].call.remote("save_hf", os.path.join(tmp, "hf"),
-                                                   {"step": step, "base": self.cfg.model.path,
-                                                    "train": self.cfg.data.train}))
-        state = {"step": step, "policy_version": step, "rrm_version": step, "data_position": step,
-                 "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
-                 "train_seconds": self.train_seconds, "config": to_dict(self.cfg), "time": time.time()}
-        return self.ckpt.commit(step, tmp, state)
+        with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
+            self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+            ray.get(self.learner.actors[0].call.remote("save_hf", os.path.join(tmp, "hf"),
+                                                       {"step": step, "base": self.cfg.model.path,
+                                                        "train": self.cfg.data.train}))
+            state = {"step": step, "policy_version": step, "rrm_version": step, "data_position": step,
+                     "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
+                     "train_seconds": self.train_seconds, "config": redacted_config(self.cfg), "time": time.time()}
+            return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Dict[str, Any]:
@@ -178,7 +179,7 @@ class RRMSFTTrainer:
             final = publish(os.path.join(last, "hf"), os.path.join(cfg.output_dir, "final"))
             s = self.summary(time.time() - t0, final)
             with open(os.path.join(final, "manifest.json"), "w") as f:
-                json.dump(s, f, indent=2, default=str)
+                json.dump(scrub(s), f, indent=2, default=str)
             if cfg.export_dir:
                 if os.path.exists(cfg.export_dir):
                     shutil.rmtree(cfg.export_dir)

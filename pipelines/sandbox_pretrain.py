@@ -110,7 +110,8 @@ def run_pretrain(out: str, config_path: Optional[str], overrides: List[str], qui
     import ray
 
     from edit_rlhf.cluster.pools import init_ray
-    from edit_rlhf.config import load_config, to_dict
+    from edit_rlhf.config import load_config
+    from edit_rlhf.redaction import redacted_config
     from edit_rlhf.config.sft import SandboxPretrainConfig
     from edit_rlhf.runtime import setup_process
     from edit_rlhf.sandbox.pretrain import gates as G
@@ -130,7 +131,7 @@ def run_pretrain(out: str, config_path: Optional[str], overrides: List[str], qui
             old = json.load(f)
     manifest: Dict[str, Any] = {
         "command": " ".join(argv or sys.argv), "config_file": config_path, "overrides": list(overrides),
-        "config": to_dict(cfg), "seed": cfg.seed, "parts_built": list(cfg.parts),
+        "config": redacted_config(cfg), "seed": cfg.seed, "parts_built": list(cfg.parts),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch_threads_per_process":
                     cfg.cluster.torch_threads},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -215,11 +216,12 @@ def run_pretrain(out: str, config_path: Optional[str], overrides: List[str], qui
 
 def track(cfg, m: Dict[str, Any]) -> str:
     """One MLflow run for the pre-training: resolved config as params, VAE/VLM curves, every figure and gate."""
-    from edit_rlhf.config import flatten, to_dict
+    from edit_rlhf.config import flatten
+    from edit_rlhf.redaction import redacted_config
     from edit_rlhf.tracking import Tracker
 
     t = Tracker.from_config(cfg.tracking, default_name="sandbox-pretrain", tags={"pipeline": "sandbox-pretrain"})
-    t.log_params(flatten(to_dict(cfg)))
+    t.log_params(flatten(redacted_config(cfg)))
     for part in ("vae", "vlm"):
         for h in (m.get(part) or {}).get("history", []):
             t.log_metrics({f"{part}/{k}": v for k, v in h.items() if k != "step"}, h["step"])

@@ -5,7 +5,9 @@ its images' ref goes to the least-loaded reward worker (scoring overlaps generat
 small metadata and the scores. A failed call, or one that works longer than `timeout_s` (measured from when
 its actor starts it, not from when it was queued behind others), is resubmitted on another actor (bounded);
 a prompt whose scoring fails on every attempt gets NaN rewards (counted, excluded from advantages); a
-generation that fails on every attempt stops the run with the prompt named.
+generation that fails on every attempt stops the run with the prompt named. A row that cannot be loaded (a
+data error, e.g. a corrupt image under data.validate=schema) stops the run at once as a DatasetError: it
+would fail on every actor, so it is not retried as a rollout failure.
 """
 from __future__ import annotations
 
@@ -51,6 +53,21 @@ class StreamStats:
     score_failures: int = 0  # prompts whose scoring failed on every attempt
     stale_generations: int = 0  # generations by an actor on an old policy version (redone elsewhere)
     stale_actors: set = field(default_factory=set)
+    data_errors: int = 0  # rows that failed to load (a data error, never retried as a rollout failure)
+
+
+def data_error(e: BaseException) -> Optional[Exception]:
+    """The DatasetError / ImageError behind an actor's task error (a bad row under data.validate=schema), else
+    None. Raised as a DatasetError naming the row, so the CLI prints one line and exits 2."""
+    from edit_rlhf.data.images import ImageError
+    from edit_rlhf.data.prompts import DatasetError
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, DatasetError):
+        return cause
+    if isinstance(cause, ImageError):
+        return DatasetError(str(cause))
+    return None
 
 
 def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, num_returns: int,
@@ -96,6 +113,10 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                     rollout.finished(job.gen_actor, ok=True)
                 except ray.exceptions.RayError as e:
                     rollout.finished(job.gen_actor, ok=False)
+                    bad = data_error(e)
+                    if bad is not None:  # a corrupt row fails the same way on every actor: no retries
+                        stats.data_errors += 1
+                        raise bad from None
                     if isinstance(e, ray.exceptions.RayActorError):
                         rollout.mark_dead(job.gen_actor)
                     job.failed_generators.add(job.gen_actor)

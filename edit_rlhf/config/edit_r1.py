@@ -37,6 +37,7 @@ class EditR1Config:
     seed: int = 0
     output_dir: str = "outputs/edit_r1"
     resume: Optional[str] = None  # "auto": skip finished stages, resume the interrupted one from its checkpoint
+    overwrite: bool = False  # stages may delete an earlier run's checkpoints in their folders (else they refuse)
     stages: List[StageConfig] = field(default_factory=list)
     skip: List[str] = field(default_factory=list)  # stage names to skip (their declared outputs must exist)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="edit_rlhf-edit_r1"))

@@ -92,6 +92,9 @@ def load_config(schema: Type[T], path: Optional[str] = None, overrides: Iterable
     except ValueError as e:  # a dataclass __post_init__ rejecting a value
         raise ConfigError(f"config: {e}") from None
     _check_tree(obj)
+    from edit_rlhf.redaction import register_config
+
+    register_config(obj)  # every writer's scrub() now masks these values wherever they appear
     return obj
 
 
@@ -101,7 +104,8 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
 
 
 def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """YAML of a config dataclass or of a plain dict (e.g. `edit_rlhf.redaction.redacted_config`)."""
+    return OmegaConf.to_yaml(OmegaConf.create(cfg) if isinstance(cfg, dict) else OmegaConf.structured(cfg))
 
 
 def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

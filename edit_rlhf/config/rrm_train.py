@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 from edit_rlhf.config.rrm import RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig
 from edit_rlhf.config.schema import (
-    ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, ScheduleConfig, TrackingConfig, _choice, _positive,
+    CheckpointConfig, ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, ScheduleConfig, TrackingConfig, _choice,
+    _positive,
 )
 
 
@@ -141,6 +142,8 @@ class RRMSFTConfig:
     output_dir: str = "outputs/rrm_sft"
     export_dir: Optional[str] = None  # also write the final HF checkpoint here (e.g. models/sandbox/rrm_sft)
     resume: Optional[str] = None  # auto | a step directory | a checkpoints root
+    overwrite: bool = False  # a fresh run may delete another run's checkpoints in output_dir (else it refuses)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: RRMModelConfig = field(default_factory=RRMModelConfig)
     prompt: RRMPromptConfig = field(default_factory=RRMPromptConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, betas=[0.9, 0.98], weight_decay=0.01))
@@ -291,6 +294,8 @@ class RRMGCPOConfig:
     save_every: int = 10  # 0: checkpoint only at the end
     output_dir: str = "outputs/rrm_gcpo"
     resume: Optional[str] = None
+    overwrite: bool = False  # a fresh run may delete another run's checkpoints in output_dir (else it refuses)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: RRMModelConfig = field(default_factory=RRMModelConfig)
     prompt: RRMPromptConfig = field(default_factory=RRMPromptConfig)
     algo: GCPOAlgoConfig = field(default_factory=GCPOAlgoConfig)

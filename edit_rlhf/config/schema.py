@@ -29,6 +29,9 @@ def _positive(name: str, value, strict: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- cluster and pools
+_WARNED = {"actor_env": False}
+
+
 @dataclass
 class ClusterConfig:
     """Where the Ray cluster is. `address=None` attaches to the job's cluster under `ray job submit`
@@ -44,7 +47,20 @@ class ClusterConfig:
     actor_env: Dict[str, str] = field(default_factory=dict)  # extra environment variables for every actor
 
     def runtime_env(self) -> Optional[dict]:
-        return {"env_vars": dict(self.actor_env)} if self.actor_env else None
+        if not self.actor_env:
+            return None
+        from edit_rlhf.redaction import is_secret_key
+
+        secret = sorted(k for k in self.actor_env if is_secret_key(k))
+        if secret and not _WARNED["actor_env"]:
+            import sys
+
+            _WARNED["actor_env"] = True
+            print(f"[safety] cluster.actor_env holds secret-looking {', '.join(secret)}: edit_rlhf masks them in "
+                  f"everything it writes, but Ray's runtime-env agent logs env_vars in its own log files under the "
+                  f"Ray temp dir; set them on the cluster nodes or in the image instead (README, Safety)",
+                  file=sys.stderr, flush=True)
+        return {"env_vars": dict(self.actor_env)}
 
     def check(self) -> None:
         _positive("num_cpus", self.num_cpus)
@@ -324,6 +340,18 @@ class MonitorConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Step checkpoints under `<output_dir>/checkpoints` (edit_rlhf.checkpoint)."""
+
+    keep_last: int = 3  # newest step directories kept (0 = all); the one `latest` names is never deleted
+    min_free_mb: float = 64.0  # free space required before a save when no earlier checkpoint sizes it
+
+    def check(self) -> None:
+        _positive("keep_last", self.keep_last, strict=False)
+        _positive("min_free_mb", self.min_free_mb, strict=False)
+
+
+@dataclass
 class PrepareConfig:
     """Build missing embedded-default inputs (tiny models, sandbox data) before the run starts."""
 
@@ -343,6 +371,8 @@ class GRPOConfig:
     save_every: int = 10  # 0 saves only at the end
     output_dir: str = "outputs/grpo"
     resume: Optional[str] = None  # "auto" (latest checkpoint in output_dir), a step directory, or a checkpoints root
+    overwrite: bool = False  # a fresh run may delete another run's checkpoints in output_dir (else it refuses)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     editor: EditorConfig = field(default_factory=EditorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from edit_rlhf.config.schema import (
-    ClusterConfig, DataConfig, EditorConfig, LearnerConfig, LoraConfig, OptimConfig, TrackingConfig, _choice,
-    _positive,
+    CheckpointConfig, ClusterConfig, DataConfig, EditorConfig, LearnerConfig, LoraConfig, OptimConfig, TrackingConfig,
+    _choice, _positive,
 )
 
 
@@ -79,6 +79,8 @@ class EditorSFTConfig:
     save_every: int = 0  # 0: save only at the end
     output_dir: str = "outputs/editor_sft"
     resume: Optional[str] = None  # auto | a step directory | a checkpoints root
+    overwrite: bool = False  # a fresh run may delete another run's checkpoints in output_dir (else it refuses)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     editor: EditorConfig = field(default_factory=EditorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
