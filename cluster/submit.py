@@ -71,12 +71,13 @@ def cli_equivalent(args: List[str], address: str, wait: bool = True, python: Opt
 
 
 def token_auth() -> bool:
-    """Token auth in use: RAY_AUTH_MODE=token, or (unless RAY_AUTH_MODE says otherwise) a token in RAY_AUTH_TOKEN
-    or ~/.ray/auth_token (what `ray start` writes in Ray 2.60)."""
+    """Token auth in use: RAY_AUTH_MODE=token, or (unless RAY_AUTH_MODE says otherwise) a token in RAY_AUTH_TOKEN,
+    the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token (where Ray 2.60 keeps a generated one)."""
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode:
         return mode == "token"
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.exists(path)
 
 
 def _auth_env() -> None:
