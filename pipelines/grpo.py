@@ -48,14 +48,19 @@ def prepare_inputs(cfg) -> None:
     """Check every input path (edit_rlhf.paths: a missing one fails now, naming the closest existing path), then
     build the embedded default's tiny models / sandbox data when `prepare.build_missing` and the missing path is
     that default's own (never beside a user's mistyped path)."""
-    from edit_rlhf.paths import buildable_data, buildable_models, check_inputs
+    from edit_rlhf.paths import PathError, buildable_data, buildable_models, check_inputs
 
     build = cfg.prepare.build_missing
     rrm = cfg.reward.rrm.path if cfg.reward.scorer == "rrm" else None
-    check_inputs([("editor.path", cfg.editor.path, "model_index.json", "model"),
-                  ("reward.rrm.path", rrm, "config.json", "model"),
-                  ("monitor.pq.path", cfg.monitor.pq.path or None, "config.json", "model"),
-                  ("data.train", cfg.data.train, None, "data"), ("data.eval", cfg.data.eval, None, "data")], build)
+    if cfg.prepare.check_paths:
+        try:
+            check_inputs([("editor.path", cfg.editor.path, "model_index.json", "model"),
+                          ("reward.rrm.path", rrm, "config.json", "model"),
+                          ("monitor.pq.path", cfg.monitor.pq.path or None, "config.json", "model"),
+                          ("data.train", cfg.data.train, None, "data"), ("data.eval", cfg.data.eval, None, "data")],
+                         build)
+        except PathError as e:
+            raise PathError(f"{e} (if it exists only on the worker nodes, set prepare.check_paths=false)") from None
     if not build:
         return
     wanted = ((cfg.editor.path, "model_index.json"), (rrm, "config.json"), (cfg.monitor.pq.path or None, "config.json"))

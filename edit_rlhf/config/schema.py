@@ -356,6 +356,9 @@ class PrepareConfig:
     """Build missing embedded-default inputs (tiny models, sandbox data) before the run starts."""
 
     build_missing: bool = False
+    # fail at start when an input path is missing on the driver's machine; false on a cluster whose models and
+    # data exist only on the worker nodes (no shared filesystem): the actors then report a missing path themselves
+    check_paths: bool = True
     tiny_models_seed: int = 0
     sandbox_seed: int = 0
 
