@@ -144,11 +144,12 @@ def redact_flat(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def redacted_config(cfg: Any) -> Dict[str, Any]:
-    """The config as a plain dict with its secrets masked (what every writer of a config uses)."""
-    from edit_rlhf.config import to_dict
+    """The config as a plain dict with its secrets masked (what every writer of a config uses). OmegaConf
+    directly, as `edit_rlhf.config.to_dict` does: the config package imports this module, not the reverse."""
+    from omegaconf import OmegaConf
 
     register_config(cfg)
-    return scrub(to_dict(cfg))
+    return scrub(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
 
 
 register_environ()
