@@ -53,6 +53,8 @@ def closest(path: str) -> Optional[str]:
             return None
         parts.append(os.path.basename(p))
         p = parent
+    if os.path.dirname(p) == p:  # only the filesystem root exists: any "closest" name there is a guess
+        return None
     for name in reversed(parts):
         try:
             names = sorted(os.listdir(p)) if os.path.isdir(p) else []

@@ -29,6 +29,9 @@ class Stopped(KeyboardInterrupt):
 
 
 def _handler(signum, frame) -> None:
+    if _STATE["signal"] is not None:  # a stop is already under way: let its clean-up finish
+        print("edit-rlhf: already stopping, cleaning up (kill -9 to force)", file=sys.stderr, flush=True)
+        return
     _STATE["signal"] = signum
     if _STATE["depth"] > 0:  # inside a checkpoint save: let it finish, stop right after
         _STATE["pending"] = signum

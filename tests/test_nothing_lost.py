@@ -261,7 +261,8 @@ def _ray_processes(marker: str):
 
 
 @pytest.mark.integration
-def test_sigint_stops_cleanly_killed_run_resume_line_no_ray_left(tiny_models, sandbox_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_stops_cleanly_killed_run_resume_line_no_ray_left(tiny_models, sandbox_dir, tmp_path, signum):
     from mlflow.tracking import MlflowClient
 
     from edit_rlhf.checkpoint import Checkpoints, load_state
@@ -282,9 +283,9 @@ def test_sigint_stops_cleanly_killed_run_resume_line_no_ray_left(tiny_models, sa
     while not latest.exists() and p.poll() is None and time.time() - t0 < 400:
         time.sleep(0.5)
     assert latest.exists(), p.communicate(timeout=60)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(signum)
     out, err = p.communicate(timeout=180)
-    assert p.returncode == 130, err[-3000:]
+    assert p.returncode == 128 + int(signum), err[-3000:]
     assert "Resume with: edit-rlhf grpo" in err and "--resume" in err and "Traceback" not in err, err[-3000:]
     ck = Checkpoints(f"{tmp_path}/out")
     st = load_state(ck.latest())
@@ -423,3 +424,25 @@ def test_settings_beside_secrets_are_not_scrubbed_from_other_text():
     text = "auth disabled, cache /data/hf_cache, 1 thread"
     assert r.scrub_str(text) == text
     assert r.scrub({"actor_env": {"RAY_AUTH_MODE": "disabled"}}) == {"actor_env": {"RAY_AUTH_MODE": "***"}}
+
+
+def test_a_second_stop_signal_does_not_cut_the_clean_up_short():
+    from edit_rlhf import stops
+
+    prev = stops.install()
+    try:
+        with pytest.raises(stops.Stopped):
+            stops._handler(signal.SIGINT, None)
+        stops._handler(signal.SIGINT, None)  # pressed again while the pools shut down: no second Stopped
+        assert stops.stopped_by() == signal.SIGINT and stops.stop_status("FAILED") == "KILLED"
+    finally:
+        stops.uninstall(prev)
+        stops._STATE.update(signal=None, pending=None)
+
+
+def test_no_closest_path_guessed_at_the_filesystem_root():
+    from edit_rlhf.paths import closest, missing
+
+    assert closest("/nope_edit_rlhf/editor") is None
+    assert "closest existing path" not in str(missing("editor.path", "/nope_edit_rlhf/editor"))
+    assert closest(os.path.join(ROOT, "models", "sanbox", "editor")) == os.path.join(ROOT, "models", "sandbox", "editor")
