@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edit_rlhf.redaction import redacted_config
+from edit_rlhf.config import to_dict
 
 CORE = "edit_rlhf.sft.editor_sft:EditorSFTLearner"
 
@@ -126,7 +126,7 @@ class EditorSFTTrainer:
             ray.get(self.learner.actors[0].call.remote("save", os.path.join(tmp, "editor")))
             state = {"step": self.step, "policy_version": self.step, "data_position": self.step,
                      "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
-                     "config": redacted_config(self.cfg), "time": time.time()}
+                     "config": to_dict(self.cfg), "time": time.time()}
             return self.ckpt.commit(self.step, tmp, state)
 
     def run(self) -> Dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.redaction import redacted_config, scrub
+from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import scrub
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
 from edit_rlhf.pipelines.streaming import Job, stream
@@ -464,7 +465,7 @@ class GRPOTrainer:
                      "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
                      "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                      "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
-                     "config": redacted_config(self.cfg), "time": time.time()}
+                     "config": to_dict(self.cfg), "time": time.time()}
             return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop

@@ -24,7 +24,8 @@ import numpy as np
 from edit_rlhf.checkpoint import publish
 from edit_rlhf.cluster.sync import SyncError  # noqa: F401 (a weight sync whose engines disagree)
 from edit_rlhf.faults import maybe_fail
-from edit_rlhf.redaction import redacted_config, scrub
+from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import scrub
 
 CORE = "edit_rlhf.rrm_train.gcpo_learner:GCPOLearner"
 
@@ -296,7 +297,7 @@ class RRMGCPOTrainer:
             state = {"step": step, "rrm_version": self.version, "policy_version": None, "sampler_pos": self.sampler.pos,
                      "counters": dict(self.counters), "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                      "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id, "history": self.history,
-                     "evals": self.evals, "config": redacted_config(self.cfg), "time": time.time()}
+                     "evals": self.evals, "config": to_dict(self.cfg), "time": time.time()}
             return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop

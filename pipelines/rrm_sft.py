@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edit_rlhf.checkpoint import publish
-from edit_rlhf.redaction import redacted_config, scrub
+from edit_rlhf.config import to_dict
+from edit_rlhf.redaction import scrub
 
 CORE = "edit_rlhf.rrm_train.sft_learner:RRMSFTLearner"
 
@@ -138,7 +139,7 @@ class RRMSFTTrainer:
                                                         "train": self.cfg.data.train}))
             state = {"step": step, "policy_version": step, "rrm_version": step, "data_position": step,
                      "mlflow_run_id": self.tracker.run_id, "history": self.history, "evals": self.evals,
-                     "train_seconds": self.train_seconds, "config": redacted_config(self.cfg), "time": time.time()}
+                     "train_seconds": self.train_seconds, "config": to_dict(self.cfg), "time": time.time()}
             return self.ckpt.commit(step, tmp, state)
 
     # ------------------------------------------------------------------ loop
