@@ -111,14 +111,16 @@ class Checkpoints:
             prev = int(dir_bytes(d) * 1.1)
         return max(prev, int(self.min_free_mb * 2 ** 20))
 
+    def _no_space(self, need: int, free: int, what_now: str) -> "CheckpointError":
+        return CheckpointError(f"no space left: need ~{_mb(need)} MB at {self.root}, {_mb(free)} MB free ({what_now})")
+
     def check_space(self) -> None:
         need = self.need_bytes()
         if not need:
             return
         free = shutil.disk_usage(self.root).free
         if free < need:
-            raise CheckpointError(f"no space left: need ~{_mb(need)} MB at {self.root}, {_mb(free)} MB free "
-                                  f"(free some space, lower checkpoint.keep_last, or move output_dir)")
+            raise self._no_space(need, free, "free some space, lower checkpoint.keep_last, or move output_dir")
 
     def begin(self, step: int) -> str:
         """A fresh temporary directory for step `step` (a stale one from a crash is discarded), after checking
@@ -148,8 +150,7 @@ class Checkpoints:
             if isinstance(e, Exception) and is_no_space(e):
                 need = max(self.need_bytes(), written)
                 free = shutil.disk_usage(self.root).free if os.path.isdir(self.root) else 0
-                raise CheckpointError(f"no space left: need ~{_mb(need)} MB at {self.root}, {_mb(free)} MB free "
-                                      f"(the save was abandoned; the previous checkpoint is intact)") from None
+                raise self._no_space(need, free, "the save was abandoned; the previous checkpoint is intact") from None
             raise
 
     def commit(self, step: int, tmp: str, state: Dict[str, Any]) -> str:
