@@ -34,7 +34,9 @@ def test_single_split_loads_named_split_loads_else_one_helpful_line(tmp_path):
         load_hf_dataset(two, "test", "data.split")
 
 
-def _bench_rows(n=2):
+def editreward_bench_table(size, key, instruction, task_type, dimension, input_image, output_images):
+    """A table in EditReward-Bench's layout (one row per (pair, dimension)); images given as grey levels
+    (`input_image`: one per row, `output_images`: [preferred, other] per row), stored as PNG bytes of side `size`."""
     import io
 
     import numpy as np
@@ -42,17 +44,23 @@ def _bench_rows(n=2):
 
     def png(v):
         b = io.BytesIO()
-        Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(b, format="PNG")
+        Image.fromarray(np.full((size, size, 3), v, np.uint8)).save(b, format="PNG")
         return {"bytes": b.getvalue(), "path": None}
 
     img = datasets.Image()
     feats = datasets.Features({"key": datasets.List(datasets.Value("string")), "instruction": datasets.Value("string"),
                                "input_image": img, "output_images": datasets.List(img),
                                "task_type": datasets.Value("string"), "dimension": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"key": [[f"a{i}", f"b{i}"] for i in range(n)], "instruction": ["x"] * n,
-                                       "input_image": [png(0)] * n, "output_images": [[png(200), png(9)]] * n,
-                                       "task_type": ["color_alter"] * n, "dimension": ["overall"] * n},
-                                      features=feats)
+    return datasets.Dataset.from_dict({"key": key, "instruction": instruction,
+                                       "input_image": [png(v) for v in input_image],
+                                       "output_images": [[png(v) for v in o] for o in output_images],
+                                       "task_type": task_type, "dimension": dimension}, features=feats)
+
+
+def _bench_rows(n=2):
+    return editreward_bench_table(8, key=[[f"a{i}", f"b{i}"] for i in range(n)], instruction=["x"] * n,
+                                  task_type=["color_alter"] * n, dimension=["overall"] * n, input_image=[0] * n,
+                                  output_images=[[200, 9]] * n)
 
 
 def test_editreward_bench_as_a_datasetdict_folder(tmp_path):

@@ -111,29 +111,18 @@ def test_rrm_gcpo_steps_syncs_logs_and_resumes(ray_cluster, sandbox_dir, tmp_pat
 
 
 def test_eval_rrm_on_editreward_bench_layout_with_the_hf_backend(ray_cluster, tiny_models, tmp_path):
-    import io
-
-    import datasets
-    from PIL import Image
+    from test_dataset_dict_folders import editreward_bench_table
 
     from edit_rlhf.config import load_config
     from edit_rlhf.config.rrm_train import RRMEvalConfig
     from edit_rlhf.pipelines.eval_rrm import run_eval_rrm
 
-    def png(v):
-        b = io.BytesIO()
-        Image.fromarray(np.full((64, 64, 3), v, np.uint8)).save(b, format="PNG")
-        return {"bytes": b.getvalue(), "path": None}
-
-    img = datasets.Image()
-    feats = datasets.Features({"key": datasets.List(datasets.Value("string")), "instruction": datasets.Value("string"),
-                               "input_image": img, "output_images": datasets.List(img),
-                               "task_type": datasets.Value("string"), "dimension": datasets.Value("string")})
     n = 8  # 4 pairs, each in two dimensions (the benchmark's one row per (pair, dimension))
-    rows = {"key": [[f"a{i % 4}", f"b{i % 4}"] for i in range(n)], "instruction": ["make the square red"] * n,
-            "input_image": [png(30)] * n, "output_images": [[png(200), png(90)]] * n,
-            "task_type": ["color_alter", "subject-remove"] * 4, "dimension": ["overall"] * 4 + ["consistency"] * 4}
-    datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(tmp_path / "bench"))
+    editreward_bench_table(64, key=[[f"a{i % 4}", f"b{i % 4}"] for i in range(n)],
+                           instruction=["make the square red"] * n,
+                           task_type=["color_alter", "subject-remove"] * 4,
+                           dimension=["overall"] * 4 + ["consistency"] * 4, input_image=[30] * n,
+                           output_images=[[200, 90]] * n).save_to_disk(str(tmp_path / "bench"))
     cfg = load_config(RRMEvalConfig, f"{ROOT}/configs/eval_rrm_sandbox.yaml", [
         f"engine.path={tiny_models['rrm']}", "engine.backend=hf", f"data.path={tmp_path}/bench",
         "data.format=editreward_bench", "eval.sampling.max_tokens=8", "eval.sampling.n=2",
