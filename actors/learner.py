@@ -6,6 +6,7 @@ Two-phase start: rank 0 reports a rendezvous address on its own node, then all r
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -13,9 +14,13 @@ import ray
 
 
 def _resolve(x):
-    """Fetch ObjectRefs nested in lists/tuples/dicts (Ray resolves only top-level arguments)."""
+    """Fetch ObjectRefs nested in lists/tuples/dicts and typed records (dataclasses); Ray resolves only
+    top-level arguments."""
     if isinstance(x, ray.ObjectRef):
         return ray.get(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _resolve(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if f.init})
     if isinstance(x, dict):
         keys = list(x)
         vals = [_resolve(x[k]) for k in keys]

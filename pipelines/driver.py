@@ -58,6 +58,7 @@ class Driver:
     final: Optional[Tuple[str, str]] = None  # (subfolder of the last checkpoint, its stable name under output_dir)
     release: Tuple[str, ...] = ()  # pools that release an engine before they are killed (vLLM)
     elastic: Tuple[str, ...] = ()  # pools resized by `edit-rlhf scale` and health-checked between steps
+    keep_history = True  # the step metrics go into each checkpoint's state.json (and come back on resume)
 
     def __init__(self, cfg, quiet: bool = False, argv: Optional[List[str]] = None):
         self.cfg = cfg
@@ -73,7 +74,8 @@ class Driver:
 
     # ------------------------------------------------------------------ phases a pipeline supplies
     def check_inputs(self) -> None:
-        """Before Ray starts: fail on a bad input path or file, naming its key."""
+        """Before Ray starts and before paths are made absolute: fail on a bad input path or file, naming its key
+        (or build what the embedded default is missing)."""
 
     def tags(self) -> Dict[str, str]:
         """Extra MLflow tags of the run (the skeleton adds `pipeline`)."""
@@ -130,8 +132,8 @@ class Driver:
 
         cfg = self.cfg
         t0 = time.time()
+        self.check_inputs()  # on the paths as the user wrote them (its errors quote them)
         absolutize(cfg, self.path_keys)
-        self.check_inputs()
         self.ckpt = Checkpoints.for_run(cfg)
         resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         self.started_ray = not ray.is_initialized()
@@ -146,7 +148,8 @@ class Driver:
     def _restore(self, step_dir: str, state: Dict[str, Any]) -> None:
         self.restore(step_dir, state)
         self.step = int(state["step"])
-        self.history = list(state.get("history", []))
+        if self.keep_history:
+            self.history = list(state.get("history", []))
         self.evals = list(state.get("evals", []))
         self.counters.update(state.get("counters", {}))
         if "numpy_rng" in state:
@@ -167,16 +170,17 @@ class Driver:
             self.save_artifacts(tmp)
             maybe_fail("driver", "checkpoint")  # drills: the driver dies with a half-written step directory
             np_state = np.random.get_state()
-            state = {"step": self.step, "mlflow_run_id": self.tracker.run_id, "history": self.history,
-                     "evals": self.evals, "counters": dict(self.counters),
+            state = {"step": self.step, "mlflow_run_id": self.tracker.run_id,
+                     "history": self.history if self.keep_history else [], "evals": self.evals,
+                     "counters": dict(self.counters),
                      "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                      "python_rng": random.getstate(), "config": to_dict(self.cfg), "time": time.time(),
                      **self.state()}
             self.last_dir = self.ckpt.commit(self.step, tmp, state)
             return self.last_dir
 
-    def due(self, every: int) -> bool:
-        return bool(every) and self.step % every == 0
+    def due(self, every: int, step: Optional[int] = None) -> bool:
+        return bool(every) and (self.step if step is None else step) % every == 0
 
     def run(self) -> Dict[str, Any]:
         from tqdm import tqdm

@@ -11,7 +11,6 @@ would fail on every actor, so it is not retried as a rollout failure.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -19,6 +18,11 @@ from typing import Any, Callable, Dict, List, Optional
 import ray
 
 from edit_rlhf.cluster.pools import ActorPool, PoolError
+from edit_rlhf.grpo.records import GroupRollout, GroupScores
+
+# A generation call: (rollout actor handle, job) -> the call's object refs, the small metadata ref first
+# (e.g. `lambda a, j: a.rollout.remote(j.split, *j.gen_args)`).
+Generate = Callable[[Any, "Job"], list]
 
 
 class RolloutFailed(RuntimeError):
@@ -27,18 +31,21 @@ class RolloutFailed(RuntimeError):
 
 @dataclass
 class Job:
+    """One prompt's way through the stream (mutable scheduling state). Its results are typed records:
+    `rollout` (GroupRollout) once generated, `score` (GroupScores) once scored."""
+
     slot: int
     split: str
     index: int
-    gen_args: tuple  # arguments of the generation method after (split, ...)
-    refs: Optional[list] = None  # [meta_ref, images_ref, (traj_ref)]
+    gen_args: tuple  # arguments of the generation call after (split, ...)
+    refs: Optional[list] = None  # the generation call's refs while it runs: [meta, images, (trajectory)]
     gen_actor: int = -1
     gen_attempts: int = 0
-    meta: Optional[dict] = None
+    rollout: Optional[GroupRollout] = None
     score_ref: Any = None
     score_actor: int = -1
     score_attempts: int = 0
-    score: Optional[dict] = None
+    score: Optional[GroupScores] = None
     failed_scorers: set = field(default_factory=set)
     failed_generators: set = field(default_factory=set)
     errors: List[str] = field(default_factory=list)
@@ -46,6 +53,7 @@ class Job:
 
 @dataclass
 class StreamStats:
+    seconds: float = 0.0  # the whole stream: generation and scoring
     gen_seconds: float = 0.0  # until the last generation finished
     tail_seconds: float = 0.0  # scoring after the last generation (what overlap did not hide)
     gen_retries: int = 0
@@ -70,10 +78,11 @@ def data_error(e: BaseException) -> Optional[Exception]:
     return None
 
 
-def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, num_returns: int,
+def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, generate: Generate,
            timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None,
            expected_version: Optional[int] = None) -> StreamStats:
-    """Run all jobs to completion (in place). `method` is the rollout actor method ('rollout'/'evaluate').
+    """Run all jobs to completion (in place): each gets `rollout` and `score`. `generate` makes the generation
+    call on a rollout actor (training rollouts or evaluation edits).
 
     Dead actors (RayActorError) are taken out of their pool; their requests go to the others. With
     `expected_version`, a generation made by an actor on another policy version (e.g. one Ray restarted and
@@ -89,15 +98,14 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
         job.gen_actor = i
         job.gen_attempts += 1
         rollout.started(i)
-        fn = getattr(rollout.actors[i], method).options(num_returns=num_returns)
-        job.refs = fn.remote(job.split, *job.gen_args)
+        job.refs = list(generate(rollout.actors[i], job))
         gen_pending[job.refs[0]] = job
 
     def submit_score(job: Job) -> None:
         i = reward.pick(job.failed_scorers)
         job.score_actor = i
         job.score_attempts += 1
-        job.score_ref = reward.actors[i].score.remote(job.split, job.index, job.refs[1])
+        job.score_ref = reward.actors[i].score.remote(job.split, job.index, job.rollout.images)
         reward.started(i, job.score_ref)  # its timeout clock starts when the actor gets to it
         score_pending[job.score_ref] = job
 
@@ -109,7 +117,7 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
             if ref in gen_pending:
                 job = gen_pending.pop(ref)
                 try:
-                    job.meta = ray.get(ref)
+                    meta = ray.get(ref)
                     rollout.finished(job.gen_actor, ok=True)
                 except ray.exceptions.RayError as e:
                     rollout.finished(job.gen_actor, ok=False)
@@ -127,15 +135,17 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                     stats.gen_retries += 1
                     submit_gen(job)
                     continue
-                if expected_version is not None and job.meta.get("policy_version") != expected_version:
+                if expected_version is not None and meta.get("policy_version") != expected_version:
                     stats.stale_generations += 1
                     stats.stale_actors.add(job.gen_actor)
                     rollout.mark_dead(job.gen_actor)  # until re-synced by the driver
                     job.failed_generators.add(job.gen_actor)
                     job.errors.append(f"generate on {rollout.name}[{job.gen_actor}]: stale policy version "
-                                      f"{job.meta.get('policy_version')} != {expected_version}")
+                                      f"{meta.get('policy_version')} != {expected_version}")
                     submit_gen(job)
                     continue
+                job.rollout = GroupRollout(job.split, job.index, meta, job.refs[1],
+                                           job.refs[2] if len(job.refs) > 2 else None)
                 if not gen_pending:
                     stats.gen_seconds = time.time() - t0
                 if on_event:
@@ -144,7 +154,7 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
             else:
                 job = score_pending.pop(ref)
                 try:
-                    job.score = ray.get(ref)
+                    job.score = GroupScores.from_worker(ray.get(ref))
                     reward.finished(job.score_actor, ok=True, key=ref)
                     if on_event:
                         on_event("scored", job)
@@ -160,7 +170,8 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, method: str, 
                 ray.cancel(ref, force=False)
                 reward.finished(job.score_actor, ok=False, key=ref)
                 _score_failed(job, f"timed out after {timeout_s:.0f}s", reward, stats, max_retries, submit_score)
-    stats.tail_seconds = time.time() - t0 - stats.gen_seconds
+    stats.seconds = time.time() - t0
+    stats.tail_seconds = stats.seconds - stats.gen_seconds
     return stats
 
 
@@ -176,6 +187,4 @@ def _score_failed(job: Job, why: str, reward: ActorPool, stats: StreamStats, max
         resubmit(job)
         return
     stats.score_failures += 1
-    n = job.meta.get("n", 1) if job.meta else 1
-    job.score = {"rewards": [math.nan] * n, "ok": [False] * n, "errors": [job.errors[-1]] * n,
-                 "details": [{}] * n, "oracle_scores": None, "worker": None, "seconds": 0.0}
+    job.score = GroupScores.failed(job.rollout.n if job.rollout else 1, job.errors[-1])

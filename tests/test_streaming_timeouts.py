@@ -53,6 +53,11 @@ def _pools(ray, work_s: float):
     return gen, rew
 
 
+def ROLLOUT(actor, job):
+    """The generation call of a training rollout (its three refs: meta, images, trajectory)."""
+    return actor.rollout.options(num_returns=3).remote(job.split, *job.gen_args)
+
+
 @pytest.mark.integration
 def test_requests_queued_behind_others_do_not_time_out(ray_cluster):
     """5 requests of 0.6 s each on one reward actor with a 1.5 s timeout: the 3rd to 5th wait 1.2-2.4 s in the
@@ -63,9 +68,9 @@ def test_requests_queued_behind_others_do_not_time_out(ray_cluster):
     gen, rew = _pools(ray_cluster, 0.6)
     try:
         jobs = [Job(slot=s, split="train", index=s, gen_args=(s, [s])) for s in range(5)]
-        st = stream(jobs, gen, rew, "rollout", 3, timeout_s=1.5, max_retries=0)
+        st = stream(jobs, gen, rew, ROLLOUT, timeout_s=1.5, max_retries=0)
         assert st.score_failures == 0 and st.score_retries == 0, [j.errors for j in jobs]
-        assert [j.score["rewards"] for j in jobs] == [[1.0]] * 5
+        assert [j.score.rewards for j in jobs] == [(1.0,)] * 5
         assert st.gen_seconds + st.tail_seconds >= 5 * 0.6  # they did run one after another
     finally:
         gen.shutdown(), rew.shutdown()
@@ -78,8 +83,8 @@ def test_a_request_that_works_too_long_still_times_out(ray_cluster):
     gen, rew = _pools(ray_cluster, 4.0)
     try:
         jobs = [Job(slot=0, split="train", index=0, gen_args=(0, [0]))]
-        st = stream(jobs, gen, rew, "rollout", 3, timeout_s=1.0, max_retries=0)
-        assert st.score_failures == 1 and np.isnan(jobs[0].score["rewards"][0])
+        st = stream(jobs, gen, rew, ROLLOUT, timeout_s=1.0, max_retries=0)
+        assert st.score_failures == 1 and np.isnan(jobs[0].score.rewards[0])
         assert "timed out after 1s" in jobs[0].errors[-1]
     finally:
         gen.shutdown(), rew.shutdown()

@@ -188,6 +188,10 @@ class GRPOAlgoConfig:
     kl_form: str = "flow_grpo"  # flow_grpo: |dmu|^2/(2 sigma_t^2); exact: |dmu|^2/(2 sigma_t^2 |dt|)
     num_minibatches: int = 2  # optimizer updates per rollout batch
     micro_batch_size: int = 0  # (sample, timestep) rows per forward; 0 = a rank's whole minibatch at once
+    # 0: on-policy (sample, then train, then sync). 1: the rollout pool samples step k+1 with the policy of step
+    # k-1 while the learner trains on step k (one policy version of lag; the ratio uses the behaviour policy's
+    # log-probs). The pipeline drains before every checkpoint and evaluation, so resume stays exact.
+    off_policy_steps: int = 0
 
     def check(self) -> None:
         if self.group_size < 2:
@@ -200,6 +204,7 @@ class GRPOAlgoConfig:
         _choice("kl_form", self.kl_form, {"flow_grpo", "exact"})
         _positive("num_minibatches", self.num_minibatches)
         _positive("micro_batch_size", self.micro_batch_size, strict=False)
+        _choice("off_policy_steps", self.off_policy_steps, {0, 1})
 
 
 @dataclass

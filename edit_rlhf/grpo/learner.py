@@ -124,11 +124,11 @@ class GRPOLearner:
         """What the rollout pool loads: {'state': LoRA tensors, 'version': policy version}."""
         return {"state": self.lora_state(), "version": self.version}
 
-    def train_on(self, plan: List[List[Tuple[int, int, float]]], trajectories: Dict[int, Dict[str, Any]]
-                 ) -> Dict[str, float]:
-        """plan: minibatches of (group key, sample index, advantage); trajectories: group key -> trajectory."""
+    def train_on(self, shard) -> Dict[str, float]:
+        """shard: a LearnerShard (edit_rlhf.grpo.records) whose trajectory refs the actor shell has fetched:
+        minibatches of (group key, sample index, advantage) and group key -> trajectory."""
         maybe_fail(f"learner-{self.rank}", "train")  # drills: a learner rank dies mid-step
-        return self.train_step([[(trajectories[g], j, a) for g, j, a in mb] for mb in plan])
+        return self.train_step([[(shard.trajectories[g], j, a) for g, j, a in mb] for mb in shard.minibatches])
 
     def train_step(self, minibatches: List[List[Item]]) -> Dict[str, float]:
         """One policy update per minibatch (all ranks call with the same number of equal-sized minibatches)."""
