@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
         for name, req in phases:
             if req:
                 request_scale(cfg.output_dir, req)
-            ms = [tr.step(step + k + 1) for k in range(n)]
+            ms = [tr.train_step(step + k + 1) for k in range(n)]
             step += n
             ms = ms[1:] if n > 1 else ms  # the first step after a resize includes actor start-up
             report["phases"][name] = {

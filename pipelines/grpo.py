@@ -1,28 +1,26 @@
-"""`edit-rlhf grpo`: the Flow-GRPO driver for the Kontext editor.
+"""`edit-rlhf grpo`: the Flow-GRPO driver for the Kontext editor, on the driver skeleton (pipelines/driver.py).
 
-Per step: health-check the pools (re-sync restarted actors) and apply pending resize requests -> draw P
-prompts -> G SDE edits each on the rollout pool, streamed to the reward pool as they finish -> group
-advantages on the driver -> K DeepSpeed learner ranks update the LoRA -> the new LoRA goes to every rollout
-actor by object ref (policy version +1) -> metrics, sample grids, evaluation, atomic checkpoints.
-The driver handles only indices, seeds, scores and object refs; images and trajectories stay in the object
-store between the pools. `resume` continues a run from its latest checkpoint, in the same MLflow run.
+Per step (`GRPODriver.advance`): health-check the pools (re-sync restarted actors) and apply pending resize
+requests -> draw P prompts -> G SDE edits each on the rollout pool, streamed to the reward pool as they finish
+-> group advantages on the driver -> K DeepSpeed learner ranks update the LoRA -> the new LoRA goes to every
+rollout actor by object ref (policy version +1) -> metrics and sample grids. With `algo.off_policy_steps=1` the
+rollout and reward pools sample and score step k+1 while the learner trains on step k.
+The driver handles only indices, seeds, scores and object refs (typed records, edit_rlhf.grpo.records); images
+and trajectories stay in the object store between the pools.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edit_rlhf.checkpoint import publish
-from edit_rlhf.config import to_dict
-from edit_rlhf.redaction import scrub
 from edit_rlhf.faults import maybe_fail
-from edit_rlhf.grpo.plan import PromptSampler, eval_seed, merge_rank_metrics, rank_plan, sample_seeds
+from edit_rlhf.grpo.plan import PromptSampler, merge_rank_metrics, rank_plan, sample_seeds
+from edit_rlhf.grpo.records import LearnerShard
+from edit_rlhf.pipelines.driver import Driver, run_driver
 from edit_rlhf.pipelines.streaming import Job, stream
 
 
@@ -35,7 +33,7 @@ def detail_metrics(jobs: List[Job], prefix: str = "reward_detail") -> Dict[str, 
     parse-failure rate, `mse` of the similarity scorer), keeping MLflow's key space small."""
     vals: Dict[str, List[float]] = {}
     for j in jobs:
-        for d in j.score["details"]:
+        for d in j.score.details:
             for k, v in (d or {}).items():
                 if isinstance(v, (bool, int, float)):
                     vals.setdefault(k, []).append(float(v))
@@ -81,113 +79,124 @@ def prepare_inputs(cfg) -> None:
             build_sandbox(root, SandboxConfig(seed=cfg.prepare.sandbox_seed, size=cfg.editor.resolution))
 
 
-def absolutize(cfg) -> None:
-    """Make paths absolute so actors (whose working directory may differ) see the same files."""
-    cfg.editor.path = os.path.abspath(cfg.editor.path)
-    cfg.data.train = os.path.abspath(cfg.data.train)
-    if cfg.data.eval:
-        cfg.data.eval = os.path.abspath(cfg.data.eval)
-    cfg.output_dir = os.path.abspath(cfg.output_dir)
-    cfg.tracking.dir = os.path.abspath(cfg.tracking.dir)
-    if cfg.reward.rrm.path:
-        cfg.reward.rrm.path = os.path.abspath(cfg.reward.rrm.path)
-    if cfg.monitor.pq.path:
-        cfg.monitor.pq.path = os.path.abspath(cfg.monitor.pq.path)
+class PendingUpdate:
+    """A learner update in flight: the ranks' refs, waited on by a driver thread that records when they
+    finished, so the driver can keep streaming the next batch meanwhile (`algo.off_policy_steps=1`)."""
+
+    def __init__(self, refs: list):
+        import ray
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.t0 = time.time()
+        self.done_at: Optional[float] = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="learner-wait")
+
+        def wait():
+            try:
+                return ray.get(refs)
+            finally:
+                self.done_at = time.time()
+
+        self.future = self._pool.submit(wait)
+
+    def result(self) -> Tuple[List[Dict[str, float]], float]:
+        """(per-rank metrics, learner wall seconds from submission to the last rank's reply)."""
+        try:
+            return self.future.result(), (self.done_at or time.time()) - self.t0
+        finally:
+            self._pool.shutdown(wait=False)
 
 
-class GRPOTrainer:
-    def __init__(self, cfg, quiet: bool = False):
-        self.cfg = cfg
-        self.quiet = quiet
-        self.history: List[Dict[str, float]] = []
-        self.eval_history: List[Dict[str, float]] = []
-        self.eval_per_prompt: Dict[int, Dict[str, List[float]]] = {}  # step -> per-prompt reward / oracle (matched)
-        self.start_step = 1
+class GRPODriver(Driver):
+    """Flow-GRPO on the driver skeleton (pipelines/driver.py). `advance` is the algorithm box."""
+
+    name = "grpo"
+    path_keys = ("editor.path", "data.train", "data.eval", "output_dir", "tracking.dir", "reward.rrm.path",
+                 "monitor.pq.path")
+    final = ("lora", "final_lora")
+    release = ("monitor",)
+    elastic = ("rollout", "reward")
+    keep_history = False  # per-step metrics live in MLflow; the summary's train figures are this process's steps
+
+    def __init__(self, cfg, quiet: bool = False, argv: Optional[List[str]] = None):
         from edit_rlhf.grpo.monitor import HackingMonitor
 
+        super().__init__(cfg, quiet, argv)
         self.monitor = HackingMonitor(cfg.monitor.window, cfg.monitor.threshold)
         self.counters = {"prompts_consumed": 0, "samples_trained": 0, "generate_retries": 0, "score_retries": 0,
                          "score_failures": 0, "stale_generations": 0, "actor_resyncs": 0}
         self.ledger: List[List[int]] = []  # [step, prompt indices...] per trained step: soaks check none is lost/twice
+        self.eval_per_prompt: Dict[int, Dict[str, List[float]]] = {}  # step -> per-prompt reward / oracle (matched)
+        self.version = 0
+        self.prefetched: Optional[Tuple[List[Job], Any]] = None  # the next step's scored groups (off-policy mode)
+        self.final_edits: Optional[Dict[str, Any]] = None  # the last evaluation's ODE edits, saved with the checkpoint
+        self.start_step = 1
 
-    # ------------------------------------------------------------------ set-up
-    def setup(self) -> None:
-        import ray
+    # ------------------------------------------------------------------ set-up phases
+    def check_inputs(self) -> None:
+        prepare_inputs(self.cfg)
 
+    def tags(self) -> Dict[str, str]:
+        return {"editor": self.cfg.editor.path}
+
+    def start_pools(self) -> None:
         from edit_rlhf.actors.reward import RewardWorker
         from edit_rlhf.actors.rollout import EditorRolloutWorker
-        from edit_rlhf.checkpoint import Checkpoints
-        from edit_rlhf.cluster.pools import ActorPool, LearnerGroup, init_ray
+        from edit_rlhf.cluster.pools import ActorPool, LearnerGroup
         from edit_rlhf.data.prompts import EditPromptDataset
+        from edit_rlhf.grpo.monitor import loud, resolve_judge
         from edit_rlhf.rewards import scorer_columns
-        from edit_rlhf.tracking import Tracker
 
         cfg = self.cfg
-        t0 = time.time()
-        prepare_inputs(cfg)
-        absolutize(cfg)
-        self.ckpt = Checkpoints.for_run(cfg)
-        resume_dir, state = self.ckpt.resume_state(cfg.resume, cfg.overwrite)
         need = scorer_columns(cfg.reward)
         self.train_ds = EditPromptDataset(cfg.data.train, require=need, validate=cfg.data.validate)
         self.eval_ds = (EditPromptDataset(cfg.data.eval, require=need, validate=cfg.data.validate)
                         if cfg.data.eval else None)
         self.sampler = PromptSampler(len(self.train_ds), cfg.seed)
-        from edit_rlhf.grpo.monitor import loud, resolve_judge
-
         self.judge_mode, no_judge = resolve_judge(cfg.monitor.judge, "oracle" in self.train_ds.ds.column_names,
                                                   cfg.monitor.pq.path)
         if no_judge:
             print(loud(no_judge), flush=True)
-        self.started_ray = not ray.is_initialized()
-        self.ray_info = init_ray(cfg.cluster)
-        self.tracker = Tracker.for_run(cfg, state, {"pipeline": "grpo", "editor": cfg.editor.path})
         self.tracker.set_tags({"monitor_judge": self.judge_mode, **({"monitor_warning": no_judge} if no_judge else {})})
-        splits = {"train": cfg.data.train}
-        if self.eval_ds is not None:
-            splits["eval"] = cfg.data.eval
+        splits = {"train": cfg.data.train, **({"eval": cfg.data.eval} if self.eval_ds is not None else {})}
         env = cfg.cluster.runtime_env()
-        self.rollout = ActorPool("rollout", EditorRolloutWorker, cfg.rollout,
-                                 lambda i: (cfg, splits, f"rollout-{i}"), runtime_env=env)
-        self.reward = ActorPool("reward", RewardWorker, cfg.reward,
-                                lambda i: (cfg.reward, splits, f"reward-{i}", cfg.cluster.torch_threads),
-                                runtime_env=env)
-        self.learner = LearnerGroup("learner", "edit_rlhf.grpo.learner:GRPOLearner", cfg, cfg.learner,
-                                    cfg.cluster.torch_threads, runtime_env=env)
+        p = self.pools
+        p["rollout"] = self.rollout = ActorPool("rollout", EditorRolloutWorker, cfg.rollout,
+                                                lambda i: (cfg, splits, f"rollout-{i}"), runtime_env=env)
+        p["reward"] = self.reward = ActorPool("reward", RewardWorker, cfg.reward, lambda i: (
+            cfg.reward, splits, f"reward-{i}", cfg.cluster.torch_threads), runtime_env=env)
+        p["learner"] = self.learner = LearnerGroup("learner", "edit_rlhf.grpo.learner:GRPOLearner", cfg, cfg.learner,
+                                                   cfg.cluster.torch_threads, runtime_env=env)
         self.monitor_pool = None
         if self.judge_mode == "pq":  # the monitor's own judge: VIEScore PQ of the edits (real data)
             from edit_rlhf.actors.evaluation import EvalScorerWorker
 
-            self.monitor_pool = ActorPool("monitor", EvalScorerWorker, cfg.monitor.pool,
-                                          lambda i: ("pq", cfg.monitor.pq, {"train": cfg.data.train}, f"monitor-{i}",
-                                                     cfg.cluster.torch_threads), runtime_env=env)
+            p["monitor"] = self.monitor_pool = ActorPool("monitor", EvalScorerWorker, cfg.monitor.pool, lambda i: (
+                "pq", cfg.monitor.pq, {"train": cfg.data.train}, f"monitor-{i}", cfg.cluster.torch_threads),
+                runtime_env=env)
         self.learner_info = self.learner.infos
         self.rollout_info = self.rollout.wait_ready()
         self.reward_info = self.reward.wait_ready()
         if self.monitor_pool is not None:
             self.monitor_pool.wait_ready()
-        if state is not None:
-            self._restore(resume_dir, state)
-        self.setup_seconds = time.time() - t0
-        self._sync_weights()  # every rollout actor starts from the learner's exact weights (also after resume)
-        self.tracker.set_tags({"trainable_params": self.learner_info[0]["trainable"]})
 
-    def _restore(self, step_dir: str, state: Dict[str, Any]) -> None:
+    def restore(self, step_dir: str, state: Dict[str, Any]) -> None:
         self.learner.broadcast("load_checkpoint", os.path.join(step_dir, "learner"))
         self.sampler.load(state["sampler"])
-        self.counters.update(state.get("counters", {}))
         self.ledger = [list(x) for x in state.get("ledger", [])]
         if state.get("monitor"):
             self.monitor.load(state["monitor"])
         self.eval_per_prompt = {int(k): v for k, v in state.get("eval_per_prompt", {}).items()}
         self.start_step = int(state["step"]) + 1
-        np.random.set_state(tuple(state["numpy_rng"]) if isinstance(state["numpy_rng"], list) else state["numpy_rng"])
-        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python_rng"]))
-        self.tracker.set_tags({f"resumed_at_step_{self.start_step}": step_dir})
-        if not self.quiet:
-            print(f"[resume] from {step_dir}: continuing at step {self.start_step} "
-                  f"(policy v{state['policy_version']}, MLflow run {state['mlflow_run_id']})", flush=True)
 
+    def started(self) -> None:
+        self._sync_weights()  # every rollout actor starts from the learner's exact weights (also after resume)
+        self.tracker.set_tags({"trainable_params": self.learner_info[0]["trainable"]})
+
+    def has_eval(self) -> bool:
+        return self.eval_ds is not None
+
+    # ------------------------------------------------------------------ pools and weights
     def _sync_weights(self, only: Optional[List[int]] = None) -> float:
         """Push the learner's LoRA to the rollout actors through the weight-sync interface (edit_rlhf.cluster.sync:
         one object ref, fetched by each actor; the LoRA is small, see `edit-rlhf plan`)."""
@@ -197,85 +206,111 @@ class GRPOTrainer:
         self.version = ObjectStoreTransport("lora_snapshot", "set_lora").push(self.learner, self.rollout, only)
         return time.time() - t
 
-    def _maintain_pools(self, step: int) -> Dict[str, float]:
-        """Between steps: apply resize requests, health-check, re-sync restarted or stale rollout actors."""
-        from edit_rlhf.cluster.control import take_scale_request
-        from edit_rlhf.cluster.pools import PoolError
+    def stale_actors(self, name: str, infos: Dict[int, dict]) -> List[int]:
+        if name != "rollout":
+            return []
+        return [i for i, info in infos.items() if info.get("version") != self.version]
 
-        m: Dict[str, float] = {}
-        req = take_scale_request(self.cfg.output_dir)
-        if req:
-            for name, n in req.items():
-                pool = getattr(self, name)
-                if n != pool.size:
-                    added = pool.resize(n)
-                    if name == "rollout" and added:
-                        self._sync_weights(only=added)
-                    if not self.quiet:
-                        print(f"[scale] step {step}: pool '{name}' -> {n} actors", flush=True)
-            self.tracker.set_tags({f"scaled_at_step_{step}": str(req)})
-        for pool in (self.rollout, self.reward):
-            h = pool.health_check(timeout_s=self.cfg.reward.timeout_s)
-            if not pool.alive():
-                raise PoolError(f"pool '{pool.name}': no actor answers the health check")
-            if pool is self.rollout:
-                stale = [i for i, info in h["infos"].items() if info.get("version") != self.version]
-                if stale:
-                    self._sync_weights(only=stale)
-                    self.counters["actor_resyncs"] += len(stale)
-            m[f"pool/{pool.name}_size"] = pool.size
-            m[f"pool/{pool.name}_alive"] = len(pool.alive())
-        return m
+    def on_pool_change(self, name: str, actors: List[int]) -> None:
+        if name == "rollout":
+            self._sync_weights(only=actors)
 
-    # ------------------------------------------------------------------ one step
-    def step(self, step: int) -> Dict[str, float]:
-        from edit_rlhf.algorithms.flow_grpo import group_advantages
-
-        cfg, a = self.cfg, self.cfg.algo
+    # ------------------------------------------------------------------ the Flow-GRPO step
+    def advance(self) -> Dict[str, Any]:
+        """One Flow-GRPO step: sample G edits per prompt and score them (or take the batch sampled during the last
+        update), group advantages, update the LoRA on the learner ranks, sync it to the rollout pool. With
+        `off_policy_steps=1` the next batch is sampled while the learner trains."""
+        step = self.step + 1
         t_step = time.time()
-        pool_m = self._maintain_pools(step)
-        indices = self.sampler.next(a.prompts_per_step)
-        jobs = [Job(slot=s, split="train", index=i, gen_args=(i, sample_seeds(cfg.seed, step, s, a.group_size)))
-                for s, i in enumerate(indices)]
-        st = stream(jobs, self.rollout, self.reward, "rollout", 3, cfg.reward.timeout_s, cfg.reward.max_retries,
-                    expected_version=self.version)
+        pool_m = self.maintain_pools(self.cfg.reward.timeout_s)
+        t_stream = time.time()
+        jobs, st = self.prefetched or self.sample(step)  # sample + score (streamed)
+        self.prefetched = None
+        stream_s = time.time() - t_stream
         maybe_fail("driver", "step")  # drills: the driver dies mid-step (after generation, before the update)
-        if st.stale_actors:
+        judging = self._submit_judge(jobs)  # the PQ judge (if any) works while the learner trains
+        rewards, adv = self.advantages(jobs)
+        update = self.update(jobs, adv, step)
+        if self.overlaps(step):  # the rollout pool samples step+1 with this policy while the learner trains
+            t_next = time.time()
+            self.prefetched = self.sample(step + 1)
+            stream_s += time.time() - t_next
+        lm, learner_s = self.finish_update(update, step)
+        sync_s = self._sync_weights()
+        if st.stale_actors:  # actors that generated with an old version (restarted): bring them up to date
             self._sync_weights(only=sorted(st.stale_actors))
             self.counters["actor_resyncs"] += len(st.stale_actors)
-        judging = self._submit_judge(jobs)  # the PQ judge (if any) works while the learner trains
-        rewards = np.array([j.score["rewards"] for j in jobs], dtype=np.float64)  # (P, G)
-        keys = [(j.meta["prompt_id"], j.meta["instruction"]) for j in jobs for _ in range(a.group_size)]
-        adv = group_advantages(rewards.reshape(-1), keys, a.std_eps, a.adv_clip_max, a.global_std).numpy()
-        adv = np.nan_to_num(adv.reshape(rewards.shape), nan=0.0)  # failed scores: no policy gradient
-        plan = rank_plan(len(jobs), a.group_size, adv, cfg.learner.size, a.num_minibatches, cfg.seed, step)
-        t_learn = time.time()
-        args = []
-        for r in range(cfg.learner.size):
-            groups = {g for mb in plan[r] for g, _, _ in mb}  # each rank fetches only the trajectories it trains on
-            args.append((plan[r], {g: jobs[g].refs[2] for g in groups}))
-        try:
-            lm = merge_rank_metrics(self.learner.call_ranks("train_on", args))
-        except Exception as e:  # a learner rank died or raised: stop; the last checkpoint stays resumable
-            raise LearnerFailed(self._learner_failure(step, e)) from None
-        t_sync = time.time()
-        sync_s = self._sync_weights()
-        step_s = time.time() - t_step
+        self.step = step
         self.ledger.append([step, *[int(j.index) for j in jobs]])  # what each step trained (saved in state.json)
         self.counters["prompts_consumed"] += len(jobs)
         self.counters["samples_trained"] += rewards.size
         for k in ("generate_retries", "score_retries", "score_failures", "stale_generations"):
             self.counters[k] += getattr(st, k.replace("generate_", "gen_"))
-        m = self._step_metrics(jobs, rewards, adv, lm, st, step_s, t_sync - t_learn, sync_s)
+        m = self._step_metrics(jobs, rewards, adv, lm, st, time.time() - t_step, learner_s, sync_s, stream_s)
         m.update(pool_m)
         m.update(self._monitor(step, jobs, rewards, judging))
-        if step % cfg.tracking.log_images_every == 0 or step == cfg.steps:
+        if step % self.cfg.tracking.log_images_every == 0 or step == self.cfg.steps:
             self._log_grid(step, jobs)
         self.tracker.log_metrics(m, step)
-        m["step"] = step
-        self.history.append(m)
         return m
 
+    def overlaps(self, step: int) -> bool:
+        """Sample step+1 during step's update? Only off-policy, and never across a checkpoint or an evaluation
+        (the pipeline drains there, so a resumed run samples exactly what an uninterrupted one does)."""
+        cfg = self.cfg
+        return (cfg.algo.off_policy_steps > 0 and step < cfg.steps and not self.due(cfg.save_every, step)
+                and not (self.has_eval() and self.due(cfg.eval_every, step)))
+
+    def sample(self, step: int) -> Tuple[List[Job], Any]:
+        """Draw P prompts; G SDE edits each on the rollout pool, streamed to the reward pool as they finish."""
+        cfg, a = self.cfg, self.cfg.algo
+        jobs = [Job(slot=s, split="train", index=i, gen_args=(i, sample_seeds(cfg.seed, step, s, a.group_size)))
+                for s, i in enumerate(self.sampler.next(a.prompts_per_step))]
+        st = stream(jobs, self.rollout, self.reward, _rollout_call, cfg.reward.timeout_s, cfg.reward.max_retries,
+                    expected_version=self.version)
+        return jobs, st
+
+    def advantages(self, jobs: List[Job]) -> Tuple[np.ndarray, np.ndarray]:
+        """(P, G) rewards and group-relative advantages (failed scores: NaN reward, zero advantage)."""
+        from edit_rlhf.algorithms.flow_grpo import group_advantages
+
+        a = self.cfg.algo
+        rewards = np.array([j.score.rewards for j in jobs], dtype=np.float64)  # (P, G)
+        keys = [(j.rollout.meta["prompt_id"], j.rollout.meta["instruction"]) for j in jobs for _ in range(a.group_size)]
+        adv = group_advantages(rewards.reshape(-1), keys, a.std_eps, a.adv_clip_max, a.global_std).numpy()
+        return rewards, np.nan_to_num(adv.reshape(rewards.shape), nan=0.0)
+
+    def update(self, jobs: List[Job], adv: np.ndarray, step: int) -> PendingUpdate:
+        """Start the learner ranks on their shards of (group, sample, advantage); each fetches only its groups'
+        trajectories from the object store."""
+        cfg = self.cfg
+        plan = rank_plan(len(jobs), cfg.algo.group_size, adv, cfg.learner.size, cfg.algo.num_minibatches, cfg.seed,
+                         step)
+        shards = [LearnerShard(plan[r], {g: jobs[g].rollout.trajectory for g in {g for mb in plan[r] for g, _, _ in mb}})
+                  for r in range(cfg.learner.size)]
+        return PendingUpdate([a.call.remote("train_on", s) for a, s in zip(self.learner.actors, shards)])
+
+    def finish_update(self, update: PendingUpdate, step: int) -> Tuple[Dict[str, float], float]:
+        try:
+            per_rank, seconds = update.result()
+        except Exception as e:  # a learner rank died or raised: stop; the last checkpoint stays resumable
+            raise LearnerFailed(self._learner_failure(step, e)) from None
+        return merge_rank_metrics(per_rank), seconds
+
+    def train_step(self, step: int) -> Dict[str, Any]:
+        """Step `step` alone, as `run` would do it (tests and benchmarks drive steps one by one)."""
+        self.step = step - 1
+        m = self.advance()
+        self.history.append({"step": self.step, **m})
+        return {"step": self.step, **m}
+
+    def postfix(self, m: Dict[str, Any]) -> Dict[str, str]:
+        post = {"reward": f"{m['reward/mean']:.4g}", "v": m["policy_version"], "s/step": f"{m['time/step_s']:.1f}"}
+        if "reward/oracle_score" in m:
+            post["oracle"] = f"{m['reward/oracle_score']:.2f}"
+        return post
+
+    # ------------------------------------------------------------------ the reward-hacking monitor
     def _submit_judge(self, jobs: List[Job]) -> list:
         """PQ judge calls for the edits of this step's first `monitor.groups_per_step` groups (all when 0)."""
         if self.monitor_pool is None:
@@ -285,7 +320,7 @@ class GRPOTrainer:
         out = []
         for n, j in enumerate(jobs[:k]):
             i = pool.alive()[n % len(pool.alive())]
-            out.append(pool.actors[i].score.remote("train", [j.index] * j.meta["n"], j.refs[1]))
+            out.append(pool.actors[i].score.remote("train", [j.index] * j.rollout.n, j.rollout.images))
         return out
 
     def _judge_scores(self, jobs: List[Job], judging: list) -> np.ndarray:
@@ -294,7 +329,7 @@ class GRPOTrainer:
 
         if self.judge_mode == "oracle":
             g = self.cfg.algo.group_size
-            return np.array([j.score.get("oracle_scores") or [math.nan] * g for j in jobs], dtype=np.float64)
+            return np.array([j.score.oracle_scores or [math.nan] * g for j in jobs], dtype=np.float64)
         rows = []
         ready, _ = ray.wait(judging, num_returns=len(judging), timeout=self.cfg.monitor.timeout_s)
         for ref, j in zip(judging, jobs):
@@ -302,7 +337,7 @@ class GRPOTrainer:
                 res = ray.get(ref) if ref in ready else None
             except ray.exceptions.RayError:
                 res = None
-            rows.append([r.reward for r in res["results"]] if res else [math.nan] * j.meta["n"])
+            rows.append([r.reward for r in res["results"]] if res else [math.nan] * j.rollout.n)
             if ref not in ready:
                 ray.cancel(ref, force=False)
         return np.array(rows, dtype=np.float64)
@@ -330,10 +365,11 @@ class GRPOTrainer:
                 "no checkpoint was written yet (set save_every to checkpoint more often)")
         return f"learner failed at step {step}: {type(err).__name__}: {str(err)[:500]}; {hint}"
 
-    def _step_metrics(self, jobs, rewards, adv, lm, st, step_s, learner_s, sync_s) -> Dict[str, float]:
+    # ------------------------------------------------------------------ metrics
+    def _step_metrics(self, jobs, rewards, adv, lm, st, step_s, learner_s, sync_s, stream_s) -> Dict[str, float]:
         valid = rewards[~np.isnan(rewards)]
         n = rewards.size
-        versions = [j.meta["policy_version"] for j in jobs]
+        lags = [self.version - 1 - j.rollout.policy_version for j in jobs]  # versions behind the updated policy
         m: Dict[str, float] = {
             "reward/mean": float(valid.mean()) if valid.size else math.nan,
             "reward/std": float(valid.std()) if valid.size else math.nan,
@@ -344,8 +380,9 @@ class GRPOTrainer:
             "adv/abs_mean": float(np.abs(adv).mean()),
             **{f"train/{k}": v for k, v in lm.items() if k != "learner_seconds"},
             "policy_version": self.version,
-            "policy/rollout_version_lag": int(self.version - 1 - min(versions)),
-            "time/generate_s": st.gen_seconds, "time/score_tail_s": st.tail_seconds, "time/learner_s": learner_s,
+            "policy/rollout_version_lag": int(max(lags)), "policy/lag_mean": float(np.mean(lags)),
+            "time/generate_s": st.gen_seconds, "time/score_tail_s": st.tail_seconds,
+            "time/rollout_stage_s": stream_s, "time/learner_s": learner_s,
             "time/learner_compute_s": lm["learner_seconds"], "time/sync_s": sync_s, "time/step_s": step_s,
             "throughput/samples_per_s": n / step_s,
             "throughput/rollout_samples_per_s": n / max(st.gen_seconds, 1e-9),
@@ -355,7 +392,7 @@ class GRPOTrainer:
         }
         if valid.size:
             m.update({f"reward/p{q}": float(np.percentile(valid, q)) for q in (10, 50, 90)})
-        oracle = [j.score.get("oracle_scores") for j in jobs]
+        oracle = [j.score.oracle_scores for j in jobs]
         if all(o is not None for o in oracle):
             m["reward/oracle_score"] = float(np.nanmean(np.array(oracle, dtype=np.float64)))
         m.update(detail_metrics(jobs))
@@ -371,142 +408,46 @@ class GRPOTrainer:
 
         rows = []
         for j in jobs[: self.cfg.tracking.grid_groups]:
-            checks = [d.get("checks") for d in j.score["details"]]
-            rows.append({"source": self.train_ds.image(j.index), "edits": ray.get(j.refs[1]),
-                         "rewards": j.score["rewards"], "checks": checks if any(c for c in checks) else None,
-                         "title": f"{j.meta['prompt_id']}: {j.meta['instruction']} (v{j.meta['policy_version']})"})
+            checks = j.score.checks()
+            rows.append({"source": self.train_ds.image(j.index), "edits": ray.get(j.rollout.images),
+                         "rewards": list(j.score.rewards), "checks": checks if any(c for c in checks) else None,
+                         "title": f"{j.rollout.meta['prompt_id']}: {j.rollout.meta['instruction']} "
+                                  f"(v{j.rollout.policy_version})"})
         self.tracker.log_image(group_grid(rows), f"samples/step_{step:05d}.png")
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_jobs(self, n: int, variant: str) -> List[Job]:
-        """One job per eval prompt: `data.eval_repeats` ODE edits of it, each from its own noise seed."""
-        idx = list(range(n))
-        other = idx[1:] + idx[:1]  # a derangement: every prompt gets another prompt's source / instruction
-        r = self.cfg.data.eval_repeats
-        jobs = []
-        for i in idx:
-            src = [other[i]] * r if variant == "shuffled_source" else None
-            ins = [other[i]] * r if variant == "shuffled_instruction" else None
-            seeds = [eval_seed(self.cfg.seed, i, k) for k in range(r)]
-            jobs.append(Job(slot=i, split="eval", index=i, gen_args=([i] * r, seeds, src, ins)))
-        return jobs
+    def evaluate(self, step: int, final: bool = False) -> Dict[str, float]:
+        """ODE edits of the held-out prompts scored by the reward pool (and the oracle where the data has one);
+        the final one also runs the probes and keeps its edits for the checkpoint (grpo_eval.py)."""
+        from edit_rlhf.pipelines.grpo_eval import evaluate_policy
 
-    def evaluate(self, step: int, probes: bool = False, save_dir: Optional[str] = None) -> Dict[str, float]:
-        """ODE edits of the first `eval_size` eval prompts, scored by the reward pool (and the oracle when
-        the data has one). With `probes`: the same with shuffled sources / instructions and the
-        copy-the-source baseline, to show what the policy's edits depend on."""
-        import ray
-
-        from edit_rlhf.viz import group_grid
-
-        cfg = self.cfg
-        n = min(cfg.data.eval_size, len(self.eval_ds))
-        t = time.time()
-        m: Dict[str, float] = {}
-        matched: List[Job] = []
-        for variant in (["matched", "shuffled_source", "shuffled_instruction"] if probes and n > 1 else ["matched"]):
-            jobs = self._eval_jobs(n, variant)
-            stream(jobs, self.rollout, self.reward, "evaluate", 2, cfg.reward.timeout_s, cfg.reward.max_retries,
-                   expected_version=self.version)
-            name = "" if variant == "matched" else variant + "_"
-            per_edit = np.array([j.score["rewards"] for j in jobs], dtype=np.float64)  # (n, eval_repeats)
-            rewards = _row_means(per_edit)  # per prompt: the mean over its repeats
-            m[f"eval/{name}reward"] = float(np.nanmean(rewards))
-            m[f"eval/{name}failed"] = int(np.isnan(per_edit).sum())
-            oracle = [j.score.get("oracle_scores") for j in jobs]
-            if all(o is not None for o in oracle):
-                oracle = _row_means(np.array(oracle, dtype=np.float64))
-                m[f"eval/{name}oracle_score"] = float(np.nanmean(oracle))
-            else:
-                oracle = None
-            if variant == "matched":
-                matched = jobs
-                self.eval_per_prompt[step] = {"reward": rewards.tolist()}
-                if oracle is not None:
-                    self.eval_per_prompt[step]["oracle_score"] = oracle.tolist()
-        if probes:
-            refs = [self.reward.actors[i % self.reward.size].score.remote(
-                "eval", i, ray.put(self.eval_ds.image(i)[None])) for i in range(n)]
-            res = ray.get(refs)
-            m["eval/copy_source_reward"] = float(np.nanmean([r["rewards"][0] for r in res]))
-            if all(r.get("oracle_scores") for r in res):
-                m["eval/copy_source_oracle_score"] = float(np.nanmean([r["oracle_scores"][0] for r in res]))
-        m["eval/seconds"] = time.time() - t
-        rows = [{"source": self.eval_ds.image(j.index), "edits": ray.get(j.refs[1]), "rewards": j.score["rewards"],
-                 "title": self.eval_ds.instructions[j.index]} for j in matched[:4]]
-        self.tracker.log_image(group_grid(rows), f"eval/step_{step:05d}.png")
-        if save_dir:  # the trained policy's ODE outputs, for inspection and exact reproduction checks
-            r = cfg.data.eval_repeats
-            np.savez_compressed(os.path.join(save_dir, "eval_edits.npz"),
-                                images=np.concatenate([ray.get(j.refs[1]) for j in matched]),  # (n * r, H, W, 3)
-                                indices=np.repeat(np.arange(n), r),
-                                seeds=np.array([eval_seed(cfg.seed, i, k) for i in range(n) for k in range(r)]),
-                                rewards=np.concatenate([j.score["rewards"] for j in matched]),
-                                policy_version=self.version, num_steps=cfg.sampling.eval_num_steps)
-        self.tracker.log_metrics(m, step)
-        m["step"] = step
-        self.eval_history.append(m)
+        m, per_prompt, edits = evaluate_policy(self, probes=final and self.cfg.eval_probes)
+        self.eval_per_prompt[step] = per_prompt
+        if final:
+            self.final_edits = edits
+        m = self.log_eval(step, m)
         return m
 
+    @property
+    def eval_history(self) -> List[Dict[str, Any]]:
+        return self.evals
+
     # ------------------------------------------------------------------ checkpoints
-    def save(self, step: int) -> str:
-        """One atomic step directory: learner (DeepSpeed, all ranks), diffusers LoRA, state.json; then `latest`."""
+    def save_artifacts(self, tmp: str) -> None:
+        """Every rank's DeepSpeed state, the diffusers LoRA, and (after the final evaluation) its ODE edits."""
         import ray
 
-        tmp = self.ckpt.begin(step)
-        with self.ckpt.guard(tmp):  # a failed save leaves no temporary directory
-            self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
-            ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
-            maybe_fail("driver", "checkpoint")  # drills: the driver dies with a half-written step directory
-            np_state = np.random.get_state()
-            state = {"step": step, "policy_version": self.version, "rrm_version": None,
-                     "sampler": self.sampler.state(), "counters": dict(self.counters), "ledger": self.ledger,
-                     "monitor": self.monitor.state(),
-                     "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()},
-                     "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-                     "python_rng": random.getstate(), "mlflow_run_id": self.tracker.run_id,
-                     "config": to_dict(self.cfg), "time": time.time()}
-            return self.ckpt.commit(step, tmp, state)
+        self.learner.broadcast("save_checkpoint", os.path.join(tmp, "learner"))
+        ray.get(self.learner.actors[0].call.remote("save_lora", os.path.join(tmp, "lora")))
+        if self.final_edits is not None and self.step >= self.cfg.steps:
+            np.savez_compressed(os.path.join(tmp, "eval_edits.npz"), **self.final_edits)
 
-    # ------------------------------------------------------------------ loop
-    def run(self) -> Dict[str, Any]:
-        from tqdm import tqdm
+    def state(self) -> Dict[str, Any]:
+        return {"policy_version": self.version, "rrm_version": None, "sampler": self.sampler.state(),
+                "ledger": self.ledger, "monitor": self.monitor.state(),
+                "eval_per_prompt": {str(k): v for k, v in self.eval_per_prompt.items()}}
 
-        cfg = self.cfg
-        status = "FAILED"
-        t0 = time.time()
-        try:
-            self.setup()
-            if self.eval_ds is not None and self.start_step == 1:
-                self.evaluate(0)
-            bar = tqdm(range(self.start_step, cfg.steps + 1), desc="grpo", disable=self.quiet, dynamic_ncols=True,
-                       initial=self.start_step - 1, total=cfg.steps)
-            last_dir = self.ckpt.latest()
-            for step in bar:
-                m = self.step(step)
-                post = {"reward": f"{m['reward/mean']:.4g}", "v": m["policy_version"],
-                        "s/step": f"{m['time/step_s']:.1f}"}
-                if "reward/oracle_score" in m:
-                    post["oracle"] = f"{m['reward/oracle_score']:.2f}"
-                bar.set_postfix(post)
-                if self.eval_ds is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                    self.evaluate(step)
-                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-                    last_dir = self.save(step)
-            if self.eval_ds is not None:
-                self.evaluate(cfg.steps, probes=cfg.eval_probes, save_dir=last_dir)
-            if last_dir:  # a stable path for later stages and users: <output_dir>/final_lora
-                publish(os.path.join(last_dir, "lora"), os.path.join(cfg.output_dir, "final_lora"))
-            status = "FINISHED"
-            summary = self.summary(time.time() - t0, last_dir)
-            summary["placement"] = self.placement()
-            self.tracker.log_dict(summary, "summary.json")
-            with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
-                json.dump(scrub(summary), f, indent=2, default=str)
-            return summary
-        finally:
-            self.shutdown(status)
-
+    # ------------------------------------------------------------------ summary
     def placement(self) -> Dict[str, List[Dict[str, Any]]]:
         """Where each pool's actors run: node id and that node's custom resources (for multi-node checks)."""
         import ray
@@ -525,30 +466,26 @@ class GRPOTrainer:
             out[name] = [where(i) for i in getattr(self, name).health_check()["infos"].values()]
         return out
 
-    def summary(self, seconds: float, final_dir: Optional[str]) -> Dict[str, Any]:
+    def summary(self) -> Dict[str, Any]:
         h = self.history
         k = max(1, len(h) // 5)
-        s: Dict[str, Any] = {"pipeline": "grpo", "steps": len(h), "last_step": self.cfg.steps,
-                             "seconds": round(seconds, 1), "setup_seconds": round(self.setup_seconds, 1),
-                             "policy_version": self.version, "run_id": self.tracker.run_id,
-                             "tracking_uri": self.tracker.uri, "checkpoint": final_dir,
-                             "final_lora": os.path.join(self.cfg.output_dir, "final_lora") if final_dir else None,
+        s: Dict[str, Any] = {"steps": len(h), "last_step": self.cfg.steps, "policy_version": self.version,
+                             "final_lora": os.path.join(self.cfg.output_dir, "final_lora") if self.last_dir else None,
                              "rollout_served": list(self.rollout.served), "reward_served": list(self.reward.served),
-                             "counters": dict(self.counters)}
+                             "off_policy_steps": self.cfg.algo.off_policy_steps}
         if h:
             s.update(reward_first20=float(np.nanmean([m["reward/mean"] for m in h[:k]])),
                      reward_last20=float(np.nanmean([m["reward/mean"] for m in h[-k:]])),
                      failed_rewards=int(sum(m["reward/failed"] for m in h)),
-                     ratio_first_max_dev=max(m["train/ratio_first_max_dev"] for m in h))
+                     ratio_first_max_dev=max(m["train/ratio_first_max_dev"] for m in h),
+                     step_seconds_median=float(np.median([m["time/step_s"] for m in h])))
             if "reward/oracle_score" in h[0]:
                 s["oracle_first20"] = float(np.mean([m["reward/oracle_score"] for m in h[:k]]))
                 s["oracle_last20"] = float(np.mean([m["reward/oracle_score"] for m in h[-k:]]))
         s["hacking_warnings"] = self.monitor.warnings
         s["monitor_judge"] = getattr(self, "judge_mode", None)
-        if self.eval_history:
-            s["eval_first"] = self.eval_history[0]
-            s["eval_last"] = self.eval_history[-1]
-            s.update(self._eval_change())
+        s.update(self._eval_change())
+        s["placement"] = self.placement()
         return s
 
     def _eval_change(self) -> Dict[str, Any]:
@@ -568,19 +505,13 @@ class GRPOTrainer:
                              **paired_prompts(b[key], a[key])}
         return out
 
-    def shutdown(self, status: str = "FINISHED") -> None:
-        from edit_rlhf.cluster.pools import close_run
 
-        close_run(status, [(p, getattr(self, p, None)) for p in ("rollout", "reward", "learner")]
-                  + [("monitor", getattr(self, "monitor_pool", None))],
-                  getattr(self, "tracker", None), getattr(self, "started_ray", False), release=("monitor",))
+GRPOTrainer = GRPODriver  # the name tests, benchmarks and scripts use
 
 
-def _row_means(a: np.ndarray) -> np.ndarray:
-    """Per-row mean ignoring NaN (failed scores); an all-NaN row stays NaN, without a warning."""
-    ok = ~np.isnan(a)
-    n = ok.sum(axis=1)
-    return np.where(n > 0, np.where(ok, a, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+def _rollout_call(actor, job: Job) -> list:
+    """A training rollout on a rollout actor: refs of (meta, images, trajectory)."""
+    return actor.rollout.remote(job.split, *job.gen_args)
 
 
 def _change(name: str, ch: Dict[str, float]) -> str:
@@ -611,14 +542,8 @@ def summary_line(s: Dict[str, Any]) -> str:
 
 
 def run_grpo(cfg, quiet: bool = False) -> Dict[str, Any]:
-    from edit_rlhf.runtime import setup_process
-
-    setup_process(cfg.cluster.torch_threads)
-    trainer = GRPOTrainer(cfg, quiet=quiet)
     try:
-        s = trainer.run()
+        return run_driver(GRPODriver(cfg, quiet=quiet), summary_line)
     except LearnerFailed as e:
         print(f"edit-rlhf grpo: {e}", flush=True)
         raise
-    print(summary_line(s), flush=True)
-    return s

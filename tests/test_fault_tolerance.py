@@ -21,10 +21,12 @@ def _run(cfg):
     return tr, s
 
 
-def test_rollout_actor_killed_mid_step_is_restarted_resynced_and_nothing_is_lost(ray_cluster, grpo_cfg, tmp_path):
+@pytest.mark.parametrize("off_policy", [0, 1])
+def test_rollout_actor_killed_mid_step_is_restarted_resynced_and_nothing_is_lost(ray_cluster, grpo_cfg, tmp_path,
+                                                                                 off_policy):
     marker = tmp_path / "fired"
     cfg = grpo_cfg("steps=3", "eval_every=0", "save_every=0", "data.eval=null", "rollout.size=2",
-                   "rollout.max_restarts=2", "algo.prompts_per_step=4",
+                   "rollout.max_restarts=2", "algo.prompts_per_step=4", f"algo.off_policy_steps={off_policy}",
                    f"cluster.actor_env.EDIT_RLHF_FAULTS=rollout-1:rollout:2:{marker}")
     tr, s = _run(cfg)
     assert marker.exists()  # the fault fired: rollout-1 died in the middle of its 2nd generation
@@ -33,7 +35,8 @@ def test_rollout_actor_killed_mid_step_is_restarted_resynced_and_nothing_is_lost
     assert sum(m["faults/generate_retries"] for m in h) >= 1
     assert s["counters"]["samples_trained"] == 3 * 4 * 4 and s["counters"]["prompts_consumed"] == 3 * 4
     assert s["counters"]["actor_resyncs"] >= 1  # the restarted actor came back on policy v0 and was re-synced
-    assert h[-1]["pool/rollout_alive"] == 2 and h[-1]["policy/rollout_version_lag"] == 0
+    # off-policy, step 3 was sampled during step 2's update: one version behind
+    assert h[-1]["pool/rollout_alive"] == 2 and h[-1]["policy/rollout_version_lag"] == off_policy
     assert sum(s["rollout_served"]) == 3 * 4  # the failed call is not counted: each prompt served once
 
 
@@ -122,26 +125,31 @@ def test_learner_killed_mid_step_stops_cleanly_and_the_run_resumes(ray_cluster, 
     assert s["policy_version"] == 3 and s["run_id"] == st["mlflow_run_id"]
 
 
-def test_pool_resize_mid_run(ray_cluster, grpo_cfg):
+@pytest.mark.parametrize("off_policy", [0, 1])
+def test_pool_resize_mid_run(ray_cluster, grpo_cfg, off_policy):
+    """Resize requests are applied between steps; off-policy, the batch sampled during the last update is kept
+    and the next one is sampled by the resized pool."""
     from edit_rlhf.cluster.control import request_scale
     from edit_rlhf.pipelines.grpo import GRPOTrainer
 
-    cfg = grpo_cfg("steps=4", "eval_every=0", "data.eval=null", "rollout.size=1", "algo.prompts_per_step=4")
+    cfg = grpo_cfg("steps=4", "eval_every=0", "data.eval=null", "rollout.size=1", "algo.prompts_per_step=4",
+                   f"algo.off_policy_steps={off_policy}")
     tr = GRPOTrainer(cfg, quiet=True)
     try:
         tr.setup()
-        m1 = tr.step(1)
+        m1 = tr.train_step(1)
         request_scale(cfg.output_dir, {"rollout": 2})
-        m2 = tr.step(2)
-        m3 = tr.step(3)
+        m2 = tr.train_step(2)
+        m3 = tr.train_step(3)
         request_scale(cfg.output_dir, {"rollout": 1, "reward": 2})
-        m4 = tr.step(4)
+        m4 = tr.train_step(4)
     finally:
         tr.shutdown()
     assert (m1["pool/rollout_size"], m2["pool/rollout_size"], m4["pool/rollout_size"]) == (1, 2, 1)
     assert m4["pool/reward_size"] == 2
     assert m3["pool/rollout_1_served"] > 0  # the added actor, synced to the current policy, took work
-    assert all(m["reward/failed"] == 0 and m["policy/rollout_version_lag"] == 0 for m in (m1, m2, m3, m4))
+    assert all(m["reward/failed"] == 0 for m in (m1, m2, m3, m4))
+    assert [m["policy/rollout_version_lag"] for m in (m1, m2, m3, m4)] == [0] + [off_policy] * 3
     assert all(m["throughput/rollout_samples_per_s"] > 0 for m in (m1, m2, m3, m4))
 
 

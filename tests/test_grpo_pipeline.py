@@ -12,7 +12,8 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
     and images, and the saved LoRA reproduces the trained policy's ODE output in plain diffusers."""
     from mlflow.tracking import MlflowClient
 
-    from edit_rlhf.pipelines.grpo import eval_seed, run_grpo
+    from edit_rlhf.grpo.plan import eval_seed
+    from edit_rlhf.pipelines.grpo import run_grpo
 
     cfg = grpo_cfg("steps=3", "eval_every=2", "save_every=2", "data.eval_repeats=2")
     s = run_grpo(cfg, quiet=True)
@@ -93,14 +94,14 @@ def test_two_of_each_pool_ratio_sync_and_versions(ray_cluster, grpo_cfg, tiny_mo
 
         m0, before = probe()
         assert m0["policy_version"] == 0
-        m = tr.step(1)
+        m = tr.train_step(1)
         assert m["train/ratio_first_max_dev"] < 1e-5
         assert m["policy_version"] == 1 and m["train/grad_norm"] > 0
         m1, after = probe()
         assert m1["policy_version"] == 1
         assert np.abs(after.astype(int) - before.astype(int)).max() > 0
         for step in (2, 3):
-            tr.step(step)
+            tr.train_step(step)
         assert min(tr.rollout.served) > 0 and min(tr.reward.served) > 0, (tr.rollout.served, tr.reward.served)
         assert tr.history[-1]["policy/rollout_version_lag"] == 0
         assert tr.judge_mode == "pq" and "monitor/judge_failed" in tr.history[-1]

@@ -84,10 +84,10 @@ def test_rrm_reward_worker_killed_mid_step(ray_cluster, rrm_cfg, monkeypatch):
     tr = grpo.GRPOTrainer(cfg, quiet=True)
     try:
         tr.setup()
-        m1 = tr.step(1)
+        m1 = tr.train_step(1)
         assert min(tr.reward.served) > 0  # both workers serve work
         kill["target"] = 0
-        m2 = tr.step(2)
+        m2 = tr.train_step(2)
         assert kill["killed"] == [0]
         assert m2["faults/score_retries"] >= 1 and m2["reward/failed"] == 0  # every edit still scored (0, not NaN)
         assert tr.reward.alive() == [1]
@@ -95,7 +95,7 @@ def test_rrm_reward_worker_killed_mid_step(ray_cluster, rrm_cfg, monkeypatch):
             assert m["reward/parse_failure_rate"] == 1.0 and not math.isnan(m["reward/mean"])
         kill["target"] = 1
         with pytest.raises(PoolError, match="pool 'reward'"):
-            tr.step(3)
+            tr.train_step(3)
         assert kill["killed"] == [0, 1]
     finally:
         tr.shutdown("FAILED")
