@@ -305,7 +305,7 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
 
 def predicted(args) -> dict:
     """What `edit-rlhf plan` says for the pools this smoke test stands in for (GiB per GPU)."""
-    from edit_rlhf.plan import run_plan
+    from edit_rlhf.plan.run import run_plan
 
     if args.cpu_dry_run:
         return {}
