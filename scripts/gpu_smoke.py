@@ -257,7 +257,8 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
     import torch
 
     if args.cpu_dry_run:
-        from edit_rlhf.rrm_train.model import load_rrm, sync_weights
+        from edit_rlhf.models.hf_weights import sync_weights
+        from edit_rlhf.rrm_train.model import load_rrm
         from edit_rlhf.rrm_train.sync import WeightBuckets
 
         model, _ = load_rrm(path, "float32", "cpu")
