@@ -37,7 +37,8 @@ setup(
     description="Ray-distributed Edit-R1: verifier reward models (GCPO) and Flow-GRPO for image editors",
     python_requires=">=3.10",
     packages=find_packages(include=["edit_rlhf", "edit_rlhf.*"])
-    + ["edit_rlhf.actors", "edit_rlhf.pipelines", "edit_rlhf.cluster"],
+    + [f"edit_rlhf.{top}{sub}" for top in ("actors", "pipelines", "cluster")
+       for sub in [""] + [f".{p}" for p in find_packages(top)]],
     package_dir={
         "edit_rlhf.actors": "actors",
         "edit_rlhf.pipelines": "pipelines",

@@ -12,6 +12,8 @@ import os
 
 import ray
 
+from edit_rlhf.ports import free_port
+
 
 def _resolve(x):
     """Fetch ObjectRefs nested in lists/tuples/dicts and typed records (dataclasses); Ray resolves only
@@ -40,15 +42,11 @@ class LearnerRank:
         self.core = None
 
     def rendezvous(self) -> tuple:
-        from edit_rlhf.cluster.pools import free_port
-
         port = getattr(getattr(self.cfg, "learner", None), "master_port", None)
         return ray.util.get_node_ip_address(), port or free_port()
 
     def free_address(self) -> tuple:
         """(this node's IP, a free port on it): a rendezvous for another group (e.g. an NCCL weight sync)."""
-        from edit_rlhf.cluster.pools import free_port
-
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict:

@@ -14,7 +14,7 @@ class RRMRolloutWorker:
         from edit_rlhf.runtime import setup_process
 
         setup_process(torch_threads)
-        from edit_rlhf.rrm.engine import build_engine
+        from edit_rlhf.rrm.backend import build_engine
 
         self.worker_id = worker_id
         self.engine = build_engine(engine_cfg, threads=torch_threads, seed=seed)

@@ -15,7 +15,7 @@ class VLMWorker:
         from edit_rlhf.runtime import quiet_vllm_worker_logs, setup_process
 
         setup_process(torch_threads)
-        from edit_rlhf.rrm.engine import build_engine
+        from edit_rlhf.rrm.backend import build_engine
 
         self.worker_id = worker_id
         self.engine = build_engine(engine_cfg, threads=torch_threads, seed=seed)

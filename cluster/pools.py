@@ -295,14 +295,6 @@ def close_run(status: str, pools=(), tracker=None, started_ray: bool = False, re
         ray.shutdown()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_ray(cluster_cfg, runtime_env: Optional[dict] = None, log_to_driver: bool = True) -> dict:
     """Attach to the cluster (`address`, or RAY_ADDRESS under `ray job submit`) or start a local one."""
     import os

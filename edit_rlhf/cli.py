@@ -187,7 +187,7 @@ def _plan(args) -> int:
     from edit_rlhf.runtime import setup_process
 
     setup_process(1)
-    from edit_rlhf.plan import run_plan
+    from edit_rlhf.plan.run import run_plan
     from edit_rlhf.plan.models import ArchError
     from edit_rlhf.plan.report import table
 

@@ -73,12 +73,3 @@ def load_engine_state(engine, path: str, tag: str = "ds") -> Dict[str, Any]:
         raise FileNotFoundError(f"no DeepSpeed checkpoint '{tag}' under {path}")
     torch.random.set_rng_state(client["torch_rng"])
     return client
-
-
-def free_port_local() -> int:
-    """A free TCP port on this host (a rendezvous for a process group started from this process)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

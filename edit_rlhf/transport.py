@@ -19,9 +19,11 @@ steps each transport performs.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+
+from edit_rlhf.models.hf_weights import hf_named_tensors
 
 TRANSPORTS = ("auto", "object_store", "nccl")
 
@@ -65,31 +67,6 @@ def sync_costs(nbytes: int, engines: int, tp: int, setting: str = "auto", cuda: 
 
 
 # --------------------------------------------------------------------------- NCCL: the learner side
-def hf_named_tensors(model, names: Optional[set] = None) -> Iterator[Tuple[str, torch.Tensor]]:
-    """(HF name, tensor on the model's device) of the merged weights - what `rrm_train.model.hf_state` returns,
-    without the host copies. A LoRA model is merged while iterating (each merged weight handed out as a copy on
-    the device) and unmerged after."""
-    from edit_rlhf.rrm_train.model import _clean, _tied, is_peft
-
-    peft = is_peft(model)
-    if peft:
-        model.merge_adapter()
-    try:
-        tied = _tied(model)
-        for k, v in model.state_dict().items():
-            if peft and "lora_" in k:
-                continue
-            name = _clean(k) if peft else k
-            if (names is not None and name not in names) or (tied and name == "lm_head.weight"):
-                continue
-            # merged LoRA weights are read before the adapters are unmerged at the end: the consumer may hold a
-            # tensor past the next step (vLLM packs several into one buffer), so hand it a copy
-            yield name, v.detach().clone() if peft else v.detach()
-    finally:
-        if peft:
-            model.unmerge_adapter()
-
-
 def weight_source(model, names: Optional[set] = None):
     """A `vllm.distributed.weight_transfer.base.WeightSource` over `hf_named_tensors(model, names)`, for the
     installed vLLM: 0.32 (CPU set) declares `metadata()` and `__iter__`; 0.33 (GPU set) a cached `metadata`

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from edit_rlhf.data.prompts import DatasetError, load_hf_dataset
 from edit_rlhf.rrm.principles import (
-    PrincipleRules, build_messages, load_examples, oracle_principles, parse_principles, pick_examples,
-    validate_principles,
+    PrincipleRules, build_messages, load_examples, parse_principles, pick_examples, validate_principles,
 )
+from edit_rlhf.sandbox.oracle import oracle_principles
 
 REPORT = "principles_report.json"
 

@@ -43,8 +43,8 @@ def train_vae_part(cfg, images_path: str, out: str) -> Dict[str, Any]:
 
     from edit_rlhf.models.tiny import build_tiny_vae
     from edit_rlhf.runtime import setup_process
-    from edit_rlhf.sandbox.pretrain.editor import editor_spec
-    from edit_rlhf.sandbox.pretrain.vae import fit_latent_normalisation, train_vae
+    from edit_rlhf.pipelines.sandbox_base.editor import editor_spec
+    from edit_rlhf.pipelines.sandbox_base.vae import fit_latent_normalisation, train_vae
 
     setup_process(cfg.cluster.torch_threads)
     t0 = time.time()
@@ -66,8 +66,8 @@ def train_vae_part(cfg, images_path: str, out: str) -> Dict[str, Any]:
 def train_vlm_part(cfg, out: str) -> Dict[str, Any]:
     """Pre-train the describing VLM and evaluate it on held-out scene pairs. Runs in a Ray task."""
     from edit_rlhf.runtime import setup_process
-    from edit_rlhf.sandbox.pretrain.data import make_triples
-    from edit_rlhf.sandbox.pretrain.vlm import train_describer
+    from edit_rlhf.pipelines.sandbox_base.data import make_triples
+    from edit_rlhf.pipelines.sandbox_base.vlm import train_describer
 
     setup_process(cfg.cluster.torch_threads)
     held = make_triples(cfg.data.eval_seed, cfg.gates.vlm_n_eval, cfg.data.size)
@@ -114,9 +114,9 @@ def run_pretrain(out: str, config_path: Optional[str], overrides: List[str], qui
     from edit_rlhf.redaction import redacted_config
     from edit_rlhf.config.sft import SandboxPretrainConfig
     from edit_rlhf.runtime import setup_process
-    from edit_rlhf.sandbox.pretrain import gates as G
-    from edit_rlhf.sandbox.pretrain.data import images_of, make_triples, write_prompts
-    from edit_rlhf.sandbox.pretrain.editor import assemble_editor, editor_spec
+    from edit_rlhf.pipelines.sandbox_base import gates as G
+    from edit_rlhf.pipelines.sandbox_base.data import images_of, make_triples, write_prompts
+    from edit_rlhf.pipelines.sandbox_base.editor import assemble_editor, editor_spec
 
     cfg = load_config(SandboxPretrainConfig, config_path, overrides)
     setup_process(cfg.cluster.torch_threads)

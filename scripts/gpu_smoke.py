@@ -138,7 +138,7 @@ def grpo_phase(args, dev, work: str) -> dict:
 
     from edit_rlhf.algorithms.flow_grpo import group_advantages
     from edit_rlhf.config import GRPOConfig, load_config
-    from edit_rlhf.distributed import free_port_local
+    from edit_rlhf.ports import free_port
     from edit_rlhf.grpo.learner import GRPOLearner
     from edit_rlhf.grpo.rollout import EditorRollout
     from edit_rlhf.rewards.similarity import SimilarityScorer
@@ -179,7 +179,7 @@ def grpo_phase(args, dev, work: str) -> dict:
     _reset(dev)
     resident = _alloc(dev)
     t0 = time.time()
-    learner = GRPOLearner(cfg, 0, 1, "127.0.0.1", free_port_local(), transformer=learner_tr)
+    learner = GRPOLearner(cfg, 0, 1, "127.0.0.1", free_port(), transformer=learner_tr)
     mb = [[(trajs[g], j, float(adv[g, j])) for g in range(2) for j in range(4)]]
     stats = learner.train_step(mb)
     learner_s, learner_gb = time.time() - t0, _peak(dev) - resident
@@ -257,7 +257,8 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
     import torch
 
     if args.cpu_dry_run:
-        from edit_rlhf.rrm_train.model import load_rrm, sync_weights
+        from edit_rlhf.models.hf_weights import sync_weights
+        from edit_rlhf.rrm_train.model import load_rrm
         from edit_rlhf.rrm_train.sync import WeightBuckets
 
         model, _ = load_rrm(path, "float32", "cpu")
@@ -273,7 +274,7 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
     from edit_rlhf.actors.rrm_rollout import RRMRolloutWorker
     from edit_rlhf.config import load_config
     from edit_rlhf.config.rrm import VLMEngineConfig
-    from edit_rlhf.distributed import free_port_local
+    from edit_rlhf.ports import free_port
     from edit_rlhf.transport import NCCLSender
 
     scorer.close()
@@ -292,7 +293,7 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
     torch.set_default_dtype(torch.float32)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     t0 = time.time()
-    sender = NCCLSender(model, None, [engine], 1, 0, "127.0.0.1", free_port_local())
+    sender = NCCLSender(model, None, [engine], 1, 0, "127.0.0.1", free_port())
     init_s = time.time() - t0
     t0 = time.time()
     versions = sender.send(1)
@@ -305,7 +306,7 @@ def sync_phase(args, dev, scorer, path: str) -> dict:
 
 def predicted(args) -> dict:
     """What `edit-rlhf plan` says for the pools this smoke test stands in for (GiB per GPU)."""
-    from edit_rlhf.plan import run_plan
+    from edit_rlhf.plan.run import run_plan
 
     if args.cpu_dry_run:
         return {}

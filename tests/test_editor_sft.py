@@ -79,7 +79,7 @@ def test_batch_plan_is_rank_independent():
 # ----------------------------------------------------------------------------------------- on Ray
 @pytest.fixture(scope="module")
 def triples_dir(tmp_path_factory):
-    from edit_rlhf.sandbox.pretrain.data import write_prompts
+    from edit_rlhf.pipelines.sandbox_base.data import write_prompts
 
     d = tmp_path_factory.mktemp("triples")
     write_prompts(str(d / "tiny"), seed=5, n=4)

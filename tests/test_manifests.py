@@ -57,7 +57,7 @@ def _gpu_pools(pipeline, cfg):
 
 @pytest.mark.parametrize("manifest", ["launcher", "kuberay"])
 def test_every_gpu_pool_lands_on_a_node_type_of_its_gpu_size(manifest):
-    from edit_rlhf.plan import load_for_plan
+    from edit_rlhf.plan.run import load_for_plan
 
     groups = _launcher_groups() if manifest == "launcher" else _kuberay_groups()
     for name in PRODUCTION:

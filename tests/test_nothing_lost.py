@@ -380,7 +380,7 @@ def _kill_matching(marker: str) -> None:
 def test_local_run_beside_a_ray_start_cluster_starts_its_own_with_one_line():
     import tempfile
 
-    from edit_rlhf.cluster.pools import free_port
+    from edit_rlhf.ports import free_port
 
     rt = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}

@@ -88,7 +88,7 @@ def test_production_configs_fit_and_an_unfit_one_names_its_pool(capsys):
 def test_plan_numbers_follow_the_setup_code(tmp_path):
     """The same set-up code as the pools: LoRA targets change the trainable count, text encoders on CPU leave
     the rollout GPU, ZeRO partitions the optimizer; the RRM weight sync reports bytes and copies."""
-    from edit_rlhf.plan import run_plan
+    from edit_rlhf.plan.run import run_plan
 
     cfg = f"{ROOT}/configs/flux_kontext_dev.yaml"
     base = run_plan(cfg)

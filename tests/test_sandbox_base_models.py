@@ -39,7 +39,7 @@ def gates_cfg(manifest):
 
 @pytest.fixture(scope="module")
 def held_out(manifest):
-    from edit_rlhf.sandbox.pretrain.data import make_triples
+    from edit_rlhf.pipelines.sandbox_base.data import make_triples
 
     d = manifest["config"]["data"]
     assert d["eval_seed"] != d["train_seed"]
@@ -57,7 +57,7 @@ def test_manifest_records_the_run_and_sizes_are_small(manifest):
 
 
 def test_vae_reconstructs_held_out_images(held_out, gates_cfg):
-    from edit_rlhf.sandbox.pretrain.gates import check_gates, measure_vae
+    from edit_rlhf.pipelines.sandbox_base.gates import check_gates, measure_vae
 
     f = measure_vae(os.path.join(SHIPPED, "editor"), held_out)
     g = check_gates({"vae": f}, gates_cfg)
@@ -67,7 +67,7 @@ def test_vae_reconstructs_held_out_images(held_out, gates_cfg):
 
 
 def test_editor_edits_beat_copy_source_and_depend_on_image_and_text(held_out, gates_cfg, manifest):
-    from edit_rlhf.sandbox.pretrain.gates import check_gates, measure_editor
+    from edit_rlhf.pipelines.sandbox_base.gates import check_gates, measure_editor
 
     cfg = manifest["config"]
     f = measure_editor(os.path.join(SHIPPED, "editor"), held_out, gates_cfg.eval_num_steps,
@@ -80,7 +80,7 @@ def test_vlm_describes_held_out_scenes(held_out, gates_cfg):
     from transformers import AutoProcessor
 
     from edit_rlhf.models.tiny import make_qwen_vl_processor, sandbox_words
-    from edit_rlhf.sandbox.pretrain.gates import check_gates, measure_vlm
+    from edit_rlhf.pipelines.sandbox_base.gates import check_gates, measure_vlm
 
     path = os.path.join(SHIPPED, "vlm")
     # the saved processor is the factory's: RRM prompts tokenize exactly as with make_qwen_vl_processor

@@ -29,7 +29,8 @@ def test_nccl_pieces_match_the_installed_vllm(tiny_models):
     from vllm import LLM
     from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
 
-    from edit_rlhf.rrm_train.model import hf_state, load_rrm, sync_weights, trainable_names
+    from edit_rlhf.models.hf_weights import hf_state, sync_weights, trainable_names
+    from edit_rlhf.rrm_train.model import load_rrm
     from edit_rlhf.transport import EngineActorsClient, weight_source
     from edit_rlhf.vlm.sft import prepare_model
 

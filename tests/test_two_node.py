@@ -45,7 +45,7 @@ def _ray_start(args, ports, env, tries: int = 2) -> None:
 def test_two_node_job_pools_on_their_nodes(tiny_models, sandbox_dir, tmp_path):
     import ray
 
-    from edit_rlhf.cluster.pools import free_port
+    from edit_rlhf.ports import free_port
 
     if ray.is_initialized():  # this test drives its own cluster
         ray.shutdown()

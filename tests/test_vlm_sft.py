@@ -16,7 +16,7 @@ def one_thread(tiny_models):
 
 @pytest.fixture(scope="module")
 def vlm(tiny_models):
-    from edit_rlhf.sandbox.pretrain.vlm import load_vlm
+    from edit_rlhf.pipelines.sandbox_base.vlm import load_vlm
 
     torch.manual_seed(0)
     return load_vlm(tiny_models["rrm"])
@@ -88,7 +88,7 @@ def test_batched_vision_attention_equals_stock(vlm):
 
 def test_train_loop_reduces_loss_full_and_lora_with_frozen_vision(tiny_models):
     from edit_rlhf.config.sft import VLMSFTConfig
-    from edit_rlhf.sandbox.pretrain.vlm import load_vlm
+    from edit_rlhf.pipelines.sandbox_base.vlm import load_vlm
     from edit_rlhf.vlm.chat import user_assistant
     from edit_rlhf.vlm.sft import prepare_model, sft_loss, train_vlm, vision_tower
     from edit_rlhf.vlm.chat import collate
@@ -116,7 +116,7 @@ def test_train_loop_reduces_loss_full_and_lora_with_frozen_vision(tiny_models):
 
 
 def test_describe_parse_and_attribute_table():
-    from edit_rlhf.sandbox.pretrain.describe import attribute_table, parse_description, parse_two, truth
+    from edit_rlhf.pipelines.sandbox_base.describe import attribute_table, parse_description, parse_two, truth
     from edit_rlhf.sandbox.scene import Scene, Shape
 
     s = Scene("white", [Shape("circle", "red", 20, 20, 8), Shape("square", "blue", 44, 44, 8)])

@@ -56,7 +56,8 @@ class JudgeScorer:
     def __init__(self, cfg, threads: Optional[int] = None, engine=None, processor=None, pq_only: bool = False):
         """`pq_only`: only the perceptual-quality judgement of the edit (no source needed); reward = PQ. This is
         the reward-hacking monitor's judge on real data: independent of the instruction-following reward."""
-        from edit_rlhf.rrm.engine import SamplingSpec, build_engine
+        from edit_rlhf.rrm.backend import build_engine
+        from edit_rlhf.rrm.engine import SamplingSpec
         from edit_rlhf.rrm.prompt import render
 
         if not cfg.path:

@@ -362,7 +362,7 @@ def plan_rrm_gcpo(cfg, archs: Dict[str, str], image_px: int) -> Plan:
     if not eng.path:
         eng.path = cfg.model.path
     plan.pools.append(plan_vllm("rollout", cfg.rollout, eng, "rollout.engine.path", archs))
-    from edit_rlhf.rrm_train.model import trainable_names
+    from edit_rlhf.models.hf_weights import trainable_names
 
     names = set(trainable_names(model)) if cfg.sync.trainable_only else None
     nbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if names is None or n in names)

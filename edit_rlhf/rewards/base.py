@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Dict, List, Protocol, Sequence
 
 import numpy as np
 
@@ -31,24 +31,3 @@ class Scorer(Protocol):
 
     def score(self, row: Dict[str, Any], images: np.ndarray) -> List[ScoreResult]:
         """row: a decoded dataset row; images: uint8 (G, H, W, 3) edits of that row's source."""
-
-
-def build_scorer(cfg, threads: Optional[int] = None) -> Scorer:
-    """Scorer named by `cfg.scorer` (a RewardConfig); `threads`: CPU threads a model-based scorer may use."""
-    if cfg.scorer == "rrm":
-        from edit_rlhf.rewards.rrm import RRMScorer
-
-        return RRMScorer(cfg.rrm, threads=threads)
-    if cfg.scorer == "similarity":
-        from edit_rlhf.rewards.similarity import SimilarityScorer
-
-        return SimilarityScorer(cfg.similarity.metric)
-    if cfg.scorer == "oracle":
-        from edit_rlhf.rewards.oracle import OracleScorer
-
-        return OracleScorer()
-    raise ValueError(f"reward.scorer: unknown scorer {cfg.scorer!r}")
-
-
-def scorer_columns(cfg) -> List[str]:
-    return {"similarity": ["target_image"], "oracle": ["oracle"], "rrm": ["principles"]}.get(cfg.scorer, [])

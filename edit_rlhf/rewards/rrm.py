@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from edit_rlhf.rewards.base import ScoreResult
-from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, build_engine, sample_seed
+from edit_rlhf.rrm.backend import build_engine
+from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, sample_seed
 from edit_rlhf.rrm.parse import Verdict, parse_verdict
 from edit_rlhf.rrm.prompt import RRMPrompt
 

@@ -1,5 +1,6 @@
 """Generation backends for Qwen2.5-VL models (the RRM, the principle generator): one request/response shape
-for vLLM (`vllm_engine.VLLMEngine`) and transformers (`hf_engine.HFEngine`).
+for vLLM (`vllm_engine.VLLMEngine`) and transformers (`hf_engine.HFEngine`);
+`backend.build_engine` picks one (this module is what both engines share, so it imports neither).
 
 A request is a rendered prompt (chat template applied, one `<|image_pad|>` placeholder per image) and its
 images; sample j of a request uses seed `request.seed + j`, so outputs depend on the request, not on the
@@ -9,7 +10,6 @@ log-prob of each sampled token under the *raw* model distribution (before temper
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
@@ -73,31 +73,3 @@ def to_pil(image):
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3), got {a.dtype} {a.shape}")
     return Image.fromarray(a)
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def resolve_backend(name: str) -> str:
-    if name == "auto":
-        return "vllm" if vllm_available() else "hf"
-    if name == "vllm" and not vllm_available():
-        raise RuntimeError("backend 'vllm' requested but vllm is not installed; use backend=hf (or auto)")
-    if name not in ("vllm", "hf"):
-        raise ValueError(f"backend must be vllm | hf | auto, got {name!r}")
-    return name
-
-
-def build_engine(cfg, threads: Optional[int] = None, seed: int = 0):
-    """The engine of a `VLMEngineConfig` (path + backend + backend settings)."""
-    if not cfg.path:
-        raise ValueError("engine: no model path given")
-    backend = resolve_backend(cfg.backend)
-    if backend == "vllm":
-        from edit_rlhf.rrm.vllm_engine import VLLMEngine
-
-        return VLLMEngine(cfg.path, cfg.vllm, threads=threads, seed=seed)
-    from edit_rlhf.rrm.hf_engine import HFEngine
-
-    return HFEngine(cfg.path, cfg.hf)

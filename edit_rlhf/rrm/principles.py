@@ -1,7 +1,8 @@
 """Principle decomposition (Edit-R1 §A.1, algorithms.md §1.2): a VLM turns (source image, instruction) into
 ~10 evaluation points `{question, category}` - 3-4 "follow" (instruction following), 3-4 "keep" (what must
-not change), 2-3 "quality" - with a few-shot prompt. Here: the prompt, the answer parser/validator, and the
-sandbox's oracle generator. The Ray stage that runs them is pipelines/principles.py.
+not change), 2-3 "quality" - with a few-shot prompt. Here: the prompt and the answer parser/validator (the
+sandbox's oracle generator is `edit_rlhf.sandbox.oracle.oracle_principles`). The Ray stage that runs them is
+pipelines/principles.py.
 """
 from __future__ import annotations
 
@@ -205,12 +206,3 @@ def validate_principles(items: Any, rules: PrincipleRules) -> Tuple[Optional[Lis
         if not lo <= n <= hi:
             return None, f"{n} '{cat}' principles, expected {lo}-{hi}"
     return out, ""
-
-
-def oracle_principles(oracle_json: str) -> List[Dict[str, str]]:
-    """The sandbox's principle generator (edits.principles) for a row's oracle record."""
-    from edit_rlhf.sandbox.edits import principles, public_principles
-    from edit_rlhf.sandbox.oracle import parse_oracle_record
-
-    scene, edit, _ = parse_oracle_record(oracle_json)
-    return public_principles(principles(scene, edit))

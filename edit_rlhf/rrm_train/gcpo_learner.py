@@ -22,7 +22,8 @@ from edit_rlhf.algorithms.gcpo import token_mean_clip_loss
 from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.models.memory import enable_checkpointing
 from edit_rlhf.rrm.engine import GenRequest, to_pil
-from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf, sync_weights
+from edit_rlhf.models.hf_weights import sync_weights
+from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
 from edit_rlhf.rrm_train.sync import WeightBuckets
 from edit_rlhf.vlm.attention import batched_vision_attention
 
@@ -257,7 +258,7 @@ class GCPOLearner:
             self._nccl = None
         if self.rank != 0:
             return False
-        from edit_rlhf.rrm_train.model import trainable_names
+        from edit_rlhf.models.hf_weights import trainable_names
         from edit_rlhf.transport import NCCLSender
 
         names = set(trainable_names(self.module)) if self.cfg.sync.trainable_only else None

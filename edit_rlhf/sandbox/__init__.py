@@ -12,16 +12,16 @@ from .edits import (
     EDIT_TYPES, EditSpec, apply_edit, instruction_text, principles, public_principles, sample_edit, vocabulary,
     words_of,
 )
-from .oracle import OracleResult, oracle_record, parse_oracle_record, verify, verify_json
+from .oracle import OracleResult, oracle_principles, oracle_record, parse_oracle_record, verify, verify_json
 from .scene import (
     BACKGROUNDS, SHAPE_COLORS, SHAPE_KINDS, Scene, Shape, describe_scene, render, sample_scene, shape_mask,
 )
 from .traces import describe_seen, oracle_trace
 
 __all__ = [
-    "BACKGROUNDS", "EDIT_TYPES", "GRADES", "SHAPE_COLORS", "SHAPE_KINDS", "EditSpec", "OracleResult",
-    "SandboxConfig", "Scene", "Shape", "apply_edit", "build_sandbox", "degrade", "describe_scene", "describe_seen",
-    "feasible_grades", "instruction_text", "make_candidate", "oracle_record", "oracle_trace", "parse_oracle_record",
-    "principles", "public_principles", "render", "sample_edit", "sample_scene", "shape_mask", "verify",
-    "verify_json", "vocabulary", "words_of",
+    "BACKGROUNDS", "EDIT_TYPES", "GRADES", "SHAPE_COLORS", "SHAPE_KINDS", "EditSpec", "OracleResult", "SandboxConfig",
+    "Scene", "Shape", "apply_edit", "build_sandbox", "degrade", "describe_scene", "describe_seen", "feasible_grades",
+    "instruction_text", "make_candidate", "oracle_principles", "oracle_record", "oracle_trace", "parse_oracle_record",
+    "principles", "public_principles", "render", "sample_edit", "sample_scene", "shape_mask", "verify", "verify_json",
+    "vocabulary", "words_of",
 ]

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from .edits import EditSpec, apply_edit, move_offset, target_shape
+from .edits import EditSpec, apply_edit, move_offset, principles as make_principles, public_principles, target_shape
 from .scene import (
     BACKGROUNDS, PALETTE, PALETTE_NAMES, SHAPE_COLORS, SHAPE_KINDS, SIZE_RANGE, Scene,
     pixel_grid, shape_sdf, ZONE_EDGES,
@@ -657,6 +657,13 @@ def parse_oracle_record(oracle_json: str) -> tuple[Scene, EditSpec, list[dict]]:
     if not isinstance(d, dict) or d.get("version") != ORACLE_RECORD_VERSION:
         raise ValueError(f"oracle_json must be a version-{ORACLE_RECORD_VERSION} oracle record")
     return Scene.from_dict(d["scene"]), EditSpec.from_dict(d["edit"]), d["principles"]
+
+
+def oracle_principles(oracle_json: str) -> list[dict]:
+    """The sandbox's principle generator (``edits.principles``, public fields) for a row's oracle record: what the
+    principles stage writes for a sandbox row instead of asking a VLM."""
+    scene, edit, _ = parse_oracle_record(oracle_json)
+    return public_principles(make_principles(scene, edit))
 
 
 def verify_json(oracle_json: str, edited) -> OracleResult:

@@ -15,7 +15,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..scene import SHAPE_KINDS
+from edit_rlhf.sandbox.scene import SHAPE_KINDS
+
 from .data import Triple
 
 VLM_ATTRIBUTES = ["background"] + [f"{k}_{a}" for k in SHAPE_KINDS for a in ("present", "color")]

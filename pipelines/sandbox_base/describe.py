@@ -14,10 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edit_rlhf.sandbox.edits import apply_edit, sample_edit
+from edit_rlhf.sandbox.scene import BACKGROUNDS, SHAPE_COLORS, SHAPE_KINDS, Scene, describe_scene, render, sample_scene
 from edit_rlhf.vlm.chat import ChatExample, user_assistant
-
-from ..edits import apply_edit, sample_edit
-from ..scene import BACKGROUNDS, SHAPE_COLORS, SHAPE_KINDS, Scene, describe_scene, render, sample_scene
 
 Q_ONE = "Describe the image."
 Q_TWO = "Describe the source and edited images."

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from edit_rlhf.models.tiny import TinyVLMSpec, build_tiny_qwen_vl, sandbox_words
+from edit_rlhf.sandbox.scene import Scene
 
-from ..scene import Scene
 from .describe import eval_sets, sample_examples, score_replies
 
 

@@ -14,11 +14,11 @@ from typing import List, Sequence
 import numpy as np
 from PIL import Image
 
-from ..build import _features, make_prompt
-from ..config import SandboxConfig
-from ..edits import EDIT_TYPES, apply_edit, public_principles
-from ..oracle import oracle_record
-from ..scene import Scene
+from edit_rlhf.sandbox.build import _features, make_prompt
+from edit_rlhf.sandbox.config import SandboxConfig
+from edit_rlhf.sandbox.edits import EDIT_TYPES, apply_edit, public_principles
+from edit_rlhf.sandbox.oracle import oracle_record
+from edit_rlhf.sandbox.scene import Scene
 
 
 @dataclass
