@@ -260,8 +260,8 @@ class LearnerGroup(ActorPool):
 
         super().__init__(name, LearnerRank, pool_cfg, lambda i: (core, cfg, i, pool_cfg.size, torch_threads),
                          runtime_env=runtime_env)
-        addr, port = ray.get(self.actors[0].rendezvous.remote())
-        try:
+        try:  # a failure anywhere here releases the group's placement group (its name is reused on a retry)
+            addr, port = ray.get(self.actors[0].rendezvous.remote())
             self.infos = ray.get(self.call_all("setup", addr, port))
         except ray.exceptions.RayError as e:
             self.shutdown()
