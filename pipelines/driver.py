@@ -251,6 +251,10 @@ class Driver:
         m: Dict[str, float] = {}
         req = take_scale_request(self.cfg.output_dir)
         for name, n in (req or {}).items():
+            if name not in self.elastic:
+                print(f"[scale] {self.name}: pool '{name}' cannot be resized here (resizable: "
+                      f"{list(self.elastic)}); request ignored", flush=True)
+                continue
             pool = self.pools[name]
             if n != pool.size:
                 added = pool.resize(n)

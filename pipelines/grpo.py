@@ -80,31 +80,36 @@ def prepare_inputs(cfg) -> None:
 
 
 class PendingUpdate:
-    """A learner update in flight: the ranks' refs, waited on by a driver thread that records when they
-    finished, so the driver can keep streaming the next batch meanwhile (`algo.off_policy_steps=1`)."""
+    """A learner update in flight: the ranks' refs, waited on by a daemon thread that records when they finished,
+    so the driver can stream the next batch meanwhile (`algo.off_policy_steps=1`) and still time the learner."""
 
     def __init__(self, refs: list):
+        import threading
+
         import ray
-        from concurrent.futures import ThreadPoolExecutor
 
         self.t0 = time.time()
         self.done_at: Optional[float] = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="learner-wait")
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
 
-        def wait():
+        def wait() -> None:
             try:
-                return ray.get(refs)
+                self.value = ray.get(refs)
+            except BaseException as e:  # re-raised on the driver's thread by result()
+                self.error = e
             finally:
                 self.done_at = time.time()
 
-        self.future = self._pool.submit(wait)
+        self.thread = threading.Thread(target=wait, name="learner-wait", daemon=True)
+        self.thread.start()
 
     def result(self) -> Tuple[List[Dict[str, float]], float]:
         """(per-rank metrics, learner wall seconds from submission to the last rank's reply)."""
-        try:
-            return self.future.result(), (self.done_at or time.time()) - self.t0
-        finally:
-            self._pool.shutdown(wait=False)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value, self.done_at - self.t0
 
 
 class GRPODriver(Driver):
