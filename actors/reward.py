@@ -20,7 +20,7 @@ class RewardWorker:
         self.scorer = build_scorer(reward_cfg, threads=torch_threads)
         quiet_vllm_worker_logs()  # vLLM (if any) configured its loggers on import
         self.data = {k: EditPromptDataset(p, validate="schema") for k, p in datasets.items()}
-        self.cols = ["id", "instruction", "source_image"] + list(self.scorer.columns)
+        self.cols = list(dict.fromkeys(["id", "instruction", "source_image", *self.scorer.columns]))
         self.has_oracle = {k: "oracle" in d.ds.column_names for k, d in self.data.items()}
         self.served = 0
 

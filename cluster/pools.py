@@ -138,13 +138,18 @@ class ActorPool:
     def mark_dead(self, i: int) -> None:
         self.dead.add(i)
 
-    def pick(self, exclude: Optional[set] = None) -> int:
+    def pick(self, exclude: Optional[set] = None, max_inflight: Optional[int] = None) -> Optional[int]:
         """Index of the least-loaded live actor (ties -> least served), avoiding `exclude` when another
-        live actor exists. Raises PoolError when every actor of the pool is dead."""
+        live actor exists. Raises PoolError when every actor of the pool is dead. With `max_inflight`, only
+        actors with fewer requests in flight are candidates: None when all of them are that busy (wait)."""
         live = self.alive()
         if not live:
             raise PoolError(f"pool '{self.name}': no live actor left ({self.size} died)")
         cands = [i for i in live if not exclude or i not in exclude] or live
+        if max_inflight is not None:
+            cands = [i for i in cands if self.inflight[i] < max_inflight]
+            if not cands:
+                return None
         return min(cands, key=lambda i: (self.inflight[i], self.served[i], i))
 
     def started(self, i: int, key: Any = None) -> None:

@@ -107,7 +107,7 @@ class EditorEvaluation:
         self.pools: Dict[str, Any] = {}
         self.timing: Dict[str, float] = {}
         self.counters = {"generate_calls": 0, "generate_retries": 0, "score_calls": 0, "score_retries": 0,
-                         "score_call_failures": 0}
+                         "score_call_failures": 0, "score_timeouts": 0}  # filled in by run_jobs
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -196,105 +196,71 @@ class EditorEvaluation:
     # ------------------------------------------------------------------ generate -> score
     def run_jobs(self) -> None:
         """All (editor, chunk) edits on the rollout pool; each chunk's image ref goes to every scorer pool as soon
-        as it is generated. Scoring calls that fail or time out are retried on another actor (bounded), then
-        their rows count as failures of that metric."""
-        import ray
+        as it is generated (pipelines/scheduler.py: generate -> judge | rrm | oracle). Scoring calls that fail or
+        time out are retried on another actor (bounded), then their rows count as failures of that metric."""
         from tqdm import tqdm
 
         from edit_rlhf.grpo.plan import eval_seed
+        from edit_rlhf.pipelines.scheduler import Scheduler, Stage
         from edit_rlhf.pipelines.streaming import RolloutFailed
         from edit_rlhf.rewards.base import ScoreResult
 
         cfg = self.cfg
-        rollout = self.pools["rollout"]
         chunks = [list(range(s, min(s + cfg.batch_size, self.n))) for s in range(0, self.n, cfg.batch_size)]
         self.jobs = [{"editor": e.name, "indices": idx, "seeds": [eval_seed(cfg.seed, i) for i in idx],
-                      "refs": None, "tries": 0, "failed_on": set(), "results": {}, "images": None}
+                      "refs": None, "results": {}, "images": None}
                      for e in cfg.editors for idx in chunks]
-        gen_pending: Dict[Any, dict] = {}
-        score_pending: Dict[Any, tuple] = {}
-        total = len(self.jobs) * (1 + len(self.kinds))
-        bar = tqdm(total=total, desc="eval-editor", disable=self.quiet, dynamic_ncols=True)
+        bar = tqdm(total=len(self.jobs) * (1 + len(self.kinds)), desc="eval-editor", disable=self.quiet,
+                   dynamic_ncols=True)
         t0 = time.time()
 
-        def submit_gen(job):
-            i = rollout.pick(job["failed_on"])
-            rollout.started(i)
-            job.update(actor=i, tries=job["tries"] + 1)
-            a = rollout.actors[i]
-            a.use_lora_dir.remote(self.loras[job["editor"]])  # actor calls from one caller run in order
-            job["refs"] = a.evaluate.options(num_returns=2).remote("eval", job["indices"], job["seeds"])
-            gen_pending[job["refs"][0]] = job
-            self.counters["generate_calls"] += 1
+        def generate(actor, task):
+            job = task.payload
+            actor.use_lora_dir.remote(self.loras[job["editor"]])  # actor calls from one caller run in order
+            return actor.evaluate.options(num_returns=2).remote("eval", job["indices"], job["seeds"])
 
-        def submit_score(job, kind, tried=frozenset(), tries=0):
-            pool = self.pools[kind]
-            i = pool.pick(set(tried))
-            ref = pool.actors[i].score.remote("eval", job["indices"], job["refs"][1])
-            pool.started(i, ref)  # its timeout clock starts when the actor gets to it
-            score_pending[ref] = (job, kind, i, set(tried) | {i}, tries + 1)
-            self.counters["score_calls"] += 1
+        def generate_failed(task, why):
+            job = task.payload
+            return RolloutFailed(f"{job['editor']}: edits of rows {job['indices']} failed "
+                                 f"{task.attempts['generate']} times: {why[-500:]}")
 
-        def score_failed(job, kind, i, tried, tries, why, ref):
-            pool = self.pools[kind]
-            pool.finished(i, ok=False, key=ref)
-            if tries <= cfg.max_retries and pool.alive():
-                self.counters["score_retries"] += 1
-                submit_score(job, kind, tried, tries)
-                return
-            self.counters["score_call_failures"] += 1
-            job["results"][kind] = [ScoreResult.failed(f"{kind} call failed after {tries} tries: {why[-400:]}")
-                                    for _ in job["indices"]]
+        def score(actor, task):
+            return actor.score.remote("eval", task.payload["indices"], task.refs["generate"][1])
+
+        def score_failed(kind):
+            def fill(task, why):
+                msg = f"{kind} call failed after {task.attempts[kind]} tries: {why[-400:]}"
+                return {"results": [ScoreResult.failed(msg) for _ in task.payload["indices"]]}
+            return fill
+
+        def on_stage(task, name):
+            job = task.payload
+            if name == "generate":
+                meta = task.results["generate"]
+                if meta.get("adapter") != self.adapters[job["editor"]]:
+                    raise RuntimeError(f"{job['editor']}: rows {job['indices']} were edited with adapter "
+                                       f"{meta.get('adapter')!r}, expected {self.adapters[job['editor']]!r}")
             bar.update(1)
-            self._chunk_done(job)
 
-        for job in self.jobs:
-            submit_gen(job)
-        while gen_pending or score_pending:
-            ready, _ = ray.wait(list(gen_pending) + list(score_pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                if ref in gen_pending:
-                    job = gen_pending.pop(ref)
-                    try:
-                        meta = ray.get(ref)
-                        rollout.finished(job["actor"], ok=True)
-                    except ray.exceptions.RayError as e:
-                        rollout.finished(job["actor"], ok=False)
-                        if isinstance(e, ray.exceptions.RayActorError):
-                            rollout.mark_dead(job["actor"])
-                        job["failed_on"].add(job["actor"])
-                        if job["tries"] > cfg.max_retries:
-                            raise RolloutFailed(f"{job['editor']}: edits of rows {job['indices']} failed "
-                                                f"{job['tries']} times: {str(e)[-500:]}") from None
-                        self.counters["generate_retries"] += 1
-                        submit_gen(job)
-                        continue
-                    if meta.get("adapter") != self.adapters[job["editor"]]:
-                        raise RuntimeError(f"{job['editor']}: rows {job['indices']} were edited with adapter "
-                                           f"{meta.get('adapter')!r}, expected {self.adapters[job['editor']]!r}")
-                    bar.update(1)
-                    for kind, _ in self.kinds:
-                        submit_score(job, kind)
-                else:
-                    job, kind, i, tried, tries = score_pending.pop(ref)
-                    try:
-                        out = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        if isinstance(e, ray.exceptions.RayActorError):
-                            self.pools[kind].mark_dead(i)
-                        score_failed(job, kind, i, tried, tries, f"{type(e).__name__}: {e}", ref)
-                        continue
-                    self.pools[kind].finished(i, ok=True, key=ref)
-                    job["results"][kind] = out["results"]
-                    bar.update(1)
-                    self._chunk_done(job)
-            for ref, (job, kind, i, tried, tries) in list(score_pending.items()):  # from the start of its work
-                busy = self.pools[kind].running_for(ref)
-                if busy is not None and busy > cfg.timeout_s:
-                    score_pending.pop(ref)
-                    ray.cancel(ref, force=False)
-                    score_failed(job, kind, i, tried, tries, f"timed out after {cfg.timeout_s:.0f}s", ref)
+        stages = [Stage("generate", self.pools["rollout"], generate, after=None, max_retries=cfg.max_retries,
+                        error=generate_failed)]
+        stages += [Stage(kind, self.pools[kind], score, after="generate", max_retries=cfg.max_retries,
+                         timeout_s=cfg.timeout_s, on_failure=score_failed(kind)) for kind, _ in self.kinds]
+        sched = Scheduler(stages, on_stage=on_stage)
+        sched.submit(self.jobs)
+        while sched.pending:
+            for task in sched.poll(1.0):  # a chunk every scorer has scored: write it out, free its images
+                task.payload["refs"] = task.refs.pop("generate")
+                task.payload["results"] = {kind: task.results[kind]["results"] for kind, _ in self.kinds}
+                self._chunk_done(task.payload)
         bar.close()
+        st = sched.stats
+        kinds = [k for k, _ in self.kinds]
+        self.counters = {"generate_calls": st["generate"].calls, "generate_retries": st["generate"].retries,
+                         "score_calls": sum(st[k].calls for k in kinds),
+                         "score_retries": sum(st[k].retries for k in kinds),
+                         "score_call_failures": sum(st[k].failures for k in kinds),
+                         "score_timeouts": sum(st[k].timeouts for k in kinds)}
         self.timing["generate_and_score_s"] = time.time() - t0
 
     def _chunk_done(self, job) -> None:
@@ -303,8 +269,6 @@ class EditorEvaluation:
         import ray
         from PIL import Image
 
-        if len(job["results"]) < len(self.kinds):
-            return
         k = self.cfg.report.grid_rows if self.cfg.report.enabled else 0
         if self.cfg.save_edits or job["indices"][0] < k:
             imgs = ray.get(job["refs"][1])

@@ -52,49 +52,18 @@ def oracle_stage(ds, n: int, rules: PrincipleRules) -> List[RowResult]:
 def dispatch(pool, requests: Sequence[Any], spec, batch_size: int, timeout_s: float) -> List[str]:
     """Texts (first sample) for `requests`, in chunks to the least-loaded live workers. A chunk whose worker
     fails or times out goes to another worker (at most once per worker); with no live worker: PoolError."""
-    import ray
-
     from edit_rlhf.cluster.pools import PoolError
+    from edit_rlhf.pipelines.scheduler import Scheduler, Stage
 
     chunks = [list(range(s, min(s + batch_size, len(requests)))) for s in range(0, len(requests), batch_size)]
+    stage = Stage("generate", pool, lambda actor, task: actor.generate.remote([requests[k] for k in task.payload], spec),
+                  max_retries=None, distinct_actors=True, timeout_s=timeout_s,
+                  error=lambda task, why: PoolError(f"pool '{pool.name}': chunk {task.id} failed on every live "
+                                                    f"worker; last error: {why[:300]}"))
     texts: List[str] = [""] * len(requests)
-    failed: Dict[int, set] = {c: set() for c in range(len(chunks))}
-    pending: Dict[Any, tuple] = {}
-
-    def submit(c: int) -> None:
-        i = pool.pick(failed[c])
-        if i in failed[c]:
-            raise PoolError(f"pool '{pool.name}': chunk {c} failed on every live worker")
-        ref = pool.actors[i].generate.remote([requests[k] for k in chunks[c]], spec)
-        pool.started(i, ref)  # its timeout clock starts when the worker gets to it
-        pending[ref] = (c, i)
-
-    for c in range(len(chunks)):
-        submit(c)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        for ref in ready:
-            c, i = pending.pop(ref)
-            try:
-                outs = ray.get(ref)
-                pool.finished(i, ok=True, key=ref)
-            except ray.exceptions.RayError as e:
-                pool.finished(i, ok=False, key=ref)
-                if isinstance(e, ray.exceptions.RayActorError):
-                    pool.mark_dead(i)
-                failed[c].add(i)
-                submit(c)
-                continue
-            for k, o in zip(chunks[c], outs):
-                texts[k] = o[0].text
-        for ref, (c, i) in list(pending.items()):  # from the start of its work, not its submission
-            busy = pool.running_for(ref)
-            if busy is not None and busy > timeout_s:
-                pending.pop(ref)
-                ray.cancel(ref, force=False)
-                pool.finished(i, ok=False, key=ref)
-                failed[c].add(i)
-                submit(c)
+    for task in Scheduler([stage]).run(chunks):
+        for k, o in zip(task.payload, task.results["generate"]):
+            texts[k] = o[0].text
     return texts
 
 

@@ -78,7 +78,7 @@ def test_judge_scores_sc_pq_o_per_edit_and_counts_failures():
     assert pq_req.prompt.count("<|image_pad|>") == 1 and "edit number" not in pq_req.prompt
     # seeds depend on (judge seed, row id, kind) only: the same for every editor scored with this judge
     assert sc_req.seed == sample_seed(0, "r0", "sc") and pq_req.seed == sample_seed(0, "r0", "pq")
-    assert j.stats == {"edits": 3, "judgements": 6, "parsed": 4}
+    assert j.stats == {"edits": 3, "judgements": 6, "parsed": 4, "resampled": 0}
 
 
 def test_judge_avg_at_k_and_bad_rows():
@@ -92,6 +92,29 @@ def test_judge_avg_at_k_and_bad_rows():
     d = res[0].detail
     assert d["sc_scores"] == [7.0, 9.0] and d["sc"] == 7.0 and d["sc_parse_ok"] == pytest.approx(2 / 3)
     assert not res[1].ok and "cannot build the judge prompt" in res[1].error and len(eng.requests) == 2
+
+
+def test_judge_resamples_unparsable_judgements_with_the_shared_loop():
+    """`sampling.resample`: an unparsable judgement is drawn again with a new seed (the RRM's loop,
+    rewards/sampling.py); greedy judges are never re-sampled."""
+    from edit_rlhf.evaluation.scorers import JudgeScorer
+    from edit_rlhf.rewards.sampling import RESAMPLE_STRIDE
+
+    def reply(req, j):  # only the first re-sample of each judgement (seed + stride) answers
+        return '{"score": [4, 9]}' if req.seed in reply.answering else "garbage"
+
+    reply.answering = set()
+    eng = ScriptedEngine(reply)
+    j = JudgeScorer(judge_cfg(temperature=0.7, resample=1), engine=eng, processor=FakeProcessor())
+    assert not j.score_batch(ROWS[:1], EDITS[:1])[0].ok  # SC and PQ drawn, re-drawn, never parsed
+    assert len(eng.requests) == 4 and j.stats["resampled"] == 2
+    reply.answering = {r.seed + RESAMPLE_STRIDE for r in eng.requests[:2]}
+    eng.requests.clear()
+    res = j.score_batch(ROWS[:1], EDITS[:1])
+    assert res[0].ok and res[0].detail["sc"] == 4.0 and res[0].detail["pq"] == 4.0 and len(eng.requests) == 4
+    greedy = JudgeScorer(judge_cfg(resample=2), engine=ScriptedEngine(lambda r, k: "garbage"),
+                         processor=FakeProcessor())
+    assert not greedy.score_batch(ROWS[:1], EDITS[:1])[0].ok and len(greedy.engine.requests) == 2
 
 
 def test_judge_without_resizing_keeps_the_edit():
@@ -145,3 +168,26 @@ def test_oracle_scores_targets_high_and_fails_without_a_record(sandbox_dir):
                                           np.stack([r["target_image"] for r in rows] + [rows[0]["source_image"]]))
     assert all(r.ok and r.reward >= 9.0 for r in res[:4]) and all(set(r.detail["checks"]) <= {0, 1} for r in res[:4])
     assert not res[4].ok and "no oracle record" in res[4].error
+
+
+def test_rewards_and_judges_share_one_scorer_interface(sandbox_dir):
+    """Every training reward and evaluation scorer is a BaseScorer: `score(row, images)` and
+    `score_batch(rows, images)` agree, `columns` names what it reads, `info()` / `close()` exist."""
+    from edit_rlhf.data.prompts import EditPromptDataset
+    from edit_rlhf.evaluation.scorers import JudgeScorer, OracleBatchScorer, RRMBatchScorer
+    from edit_rlhf.rewards.base import BaseScorer
+    from edit_rlhf.rewards.oracle import OracleScorer
+    from edit_rlhf.rewards.rrm import RRMScorer
+    from edit_rlhf.rewards.similarity import SimilarityScorer
+
+    for cls in (JudgeScorer, RRMBatchScorer, OracleBatchScorer, OracleScorer, RRMScorer, SimilarityScorer):
+        assert issubclass(cls, BaseScorer) and cls.columns, cls
+    with pytest.raises(TypeError, match="must define score"):
+        type("Nothing", (BaseScorer,), {})
+    ds = EditPromptDataset(f"{sandbox_dir}/prompts_eval")
+    row = ds.row(0, ["id", "oracle", "target_image", "source_image"])
+    imgs = np.stack([row["target_image"], row["source_image"]])
+    for sc in (OracleScorer(), SimilarityScorer()):
+        one, batch = sc.score(row, imgs), sc.score_batch([row, row], imgs)
+        assert [r.reward for r in one] == [r.reward for r in batch] and one[0].reward > one[1].reward
+        assert sc.info() == {} and sc.close() is None

@@ -35,6 +35,7 @@ class JudgeSamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 512
     seed: int = 0  # request seeds derive from (seed, row id, judgement kind), the same for every editor
+    resample: int = 0  # extra draws (new seeds) of unparsable judgements, as the RRM's `resample`; not when greedy
 
     def check(self) -> None:
         _at_least("n", self.n, 1)
@@ -42,6 +43,7 @@ class JudgeSamplingConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         _at_least("max_tokens", self.max_tokens, 1)
+        _at_least("resample", self.resample, 0)
         if self.n > 1 and self.temperature == 0.0:
             raise ValueError("n: Avg@k with n > 1 needs temperature > 0 (greedy samples are identical)")
 

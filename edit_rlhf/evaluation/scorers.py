@@ -1,9 +1,10 @@
-"""Batch scorers of the editor evaluation: one `ScoreResult` per (row, edited image), many rows per call.
+"""Scorers of the editor evaluation: one `ScoreResult` per (row, edited image), many rows per call
+(`score_batch`). They implement the reward scorers' interface (rewards/base.py `Scorer`), and the model-based
+ones sample, parse and re-sample with the same loop (rewards/sampling.py `sample_parsed`).
 
 - `JudgeScorer`: the GEdit-Bench protocol's VLM judge (viescore.py): an SC and a PQ judgement per edit, all
   rows of a call in one engine run. reward = O = sqrt(SC*PQ); detail carries SC, PQ and the sub-scores.
-- `RRMBatchScorer`: the Edit-RRM score (rewards/rrm.py's prompt, parser and aggregation) with all rows of a
-  call in one engine run. Unparsable verdicts always count as failures here (policy `drop`), whatever
+- `RRMBatchScorer`: the Edit-RRM reward scorer (rewards/rrm.py) with all rows of a call in one engine run. Unparsable verdicts always count as failures here (policy `drop`), whatever
   `rrm.unparsed` says: an evaluation never scores a failure as 0.
 - `OracleBatchScorer`: the sandbox's programmatic verifier (0-10 and per-principle checks).
 
@@ -12,7 +13,6 @@ Failures never raise: they are `ScoreResult(ok=False, reward=nan, error=...)` an
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -20,7 +20,10 @@ import numpy as np
 
 from edit_rlhf.evaluation.protocol import sample_scores
 from edit_rlhf.evaluation.viescore import Judgement, build_messages, parse_judgement
-from edit_rlhf.rewards.base import ScoreResult
+from edit_rlhf.rewards.base import BaseScorer, ScoreResult
+from edit_rlhf.rewards.oracle import OracleScorer
+from edit_rlhf.rewards.rrm import RRMScorer
+from edit_rlhf.rewards.sampling import sample_parsed
 
 KINDS = ("judge", "pq", "rrm", "oracle")
 TEXT_KEEP = 2000  # characters of a judge / RRM reply kept in the per-sample record
@@ -47,7 +50,7 @@ def mean_subscores(judgements: Sequence[Judgement]) -> Optional[List[float]]:
     return [float(np.mean([s[i] for s in ok])) for i in range(len(ok[0]))]
 
 
-class JudgeScorer:
+class JudgeScorer(BaseScorer):
     """VIEScore-style SC / PQ judge on a Qwen2.5-VL engine (`cfg`: config.evaluation.JudgeConfig)."""
 
     name = "judge"
@@ -73,7 +76,7 @@ class JudgeScorer:
         self.engine = engine if engine is not None else build_engine(cfg, threads, seed=cfg.sampling.seed)
         s = cfg.sampling
         self.spec = SamplingSpec(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
-        self.stats = {"edits": 0, "judgements": 0, "parsed": 0}
+        self.stats = {"edits": 0, "judgements": 0, "parsed": 0, "resampled": 0}
         self.pq_only = pq_only
         if pq_only:
             self.name, self.columns = "pq", ("id",)
@@ -101,12 +104,10 @@ class JudgeScorer:
                 continue
             reqs += [sc, GenRequest(self.pq_text, [edited], seed=sample_seed(seed, row["id"], "pq"))]
             slots.append(k)
-        comps = self.engine.generate(reqs, self.spec) if reqs else []
-        smax = self.cfg.prompt.score_max
+        comps, parsed = self._sample(reqs)
         for j, k in enumerate(slots):
             sc_c, pq_c = comps[2 * j], comps[2 * j + 1]
-            sc_j = [parse_judgement(c.text, 2, smax) for c in sc_c]
-            pq_j = [parse_judgement(c.text, 2, smax) for c in pq_c]
+            sc_j, pq_j = parsed[2 * j], parsed[2 * j + 1]
             out[k] = self._result(sc_j, pq_j, sc_c, pq_c)
             self.stats["judgements"] += len(sc_j) + len(pq_j)
             self.stats["parsed"] += sum(x.ok for x in sc_j + pq_j)
@@ -121,10 +122,9 @@ class JudgeScorer:
         seed = self.cfg.sampling.seed
         reqs = [GenRequest(self.pq_text, [img], seed=sample_seed(seed, row.get("id"), f"pq{k}"))
                 for k, (row, img) in enumerate(zip(rows, images))]
-        comps = self.engine.generate(reqs, self.spec) if reqs else []
+        comps, parsed = self._sample(reqs)
         out = []
-        for cs in comps:
-            js = [parse_judgement(c.text, 2, self.cfg.prompt.score_max) for c in cs]
+        for cs, js in zip(comps, parsed):
             sub = mean_subscores(js)
             pq = min_score(sub)
             self.stats["judgements"] += len(js)
@@ -135,6 +135,14 @@ class JudgeScorer:
                                    error="" if sub is not None else f"PQ: {js[0].reason}"))
         self.stats["edits"] += len(rows)
         return out
+
+    def _sample(self, reqs):
+        """Completions and parsed judgements per request (unparsable ones re-sampled: `sampling.resample`)."""
+        smax = self.cfg.prompt.score_max
+        comps, parsed, redrawn = sample_parsed(self.engine, reqs, self.spec,
+                                               lambda i, c: parse_judgement(c.text, 2, smax), self.cfg.sampling.resample)
+        self.stats["resampled"] += redrawn
+        return comps, parsed
 
     @staticmethod
     def _result(sc_j, pq_j, sc_c, pq_c) -> ScoreResult:
@@ -158,96 +166,15 @@ class JudgeScorer:
             close()
 
 
-class RRMBatchScorer:
-    """The Edit-RRM's score of each edit (Avg@k when `sampling.n` > 1), all rows of a call in one engine run."""
+class RRMBatchScorer(RRMScorer):
+    """The Edit-RRM's score of each edit (Avg@k when `sampling.n` > 1), all rows of a call in one engine run.
+    An evaluation never scores a failure: unparsable = failure whatever `rrm.unparsed` says; traces are cut."""
 
-    name = "rrm"
-    columns = ("id", "instruction", "principles", "source_image")
-
-    def __init__(self, cfg, threads: Optional[int] = None, engine=None):
-        from edit_rlhf.rewards.rrm import RRMScorer
-
-        self.inner = RRMScorer(cfg, threads=threads, engine=engine)
-        self.cfg = cfg
-
-    def score_batch(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
-        from edit_rlhf.rewards.rrm import RESAMPLE_STRIDE, aggregate
-        from edit_rlhf.rrm.engine import GenRequest
-        from edit_rlhf.rrm.parse import Verdict, parse_verdict
-
-        inner, cfg = self.inner, self.cfg
-        out: List[Optional[ScoreResult]] = [None] * len(rows)
-        reqs, slots = [], []
-        for k, (row, img) in enumerate(zip(rows, images)):
-            try:
-                reqs += inner.requests(row, img[None])
-                slots.append(k)
-            except (ValueError, KeyError, TypeError) as e:
-                out[k] = ScoreResult.failed(f"row {row.get('id')!r}: cannot build the RRM prompt: {e}")
-        timeout = cfg.timeout_s or None
-        n_pr = [len(rows[k]["principles"]) for k in slots]
-
-        def parse(c, n):
-            if c.finish_reason == "timeout":
-                return Verdict(ok=False, reason=f"timed out after {cfg.timeout_s:g}s")
-            return parse_verdict(c.text, n_expected=n, require_checks=cfg.require_checks)
-
-        comps = inner.engine.generate(reqs, inner.spec, timeout_s=timeout) if reqs else []
-        verdicts = [[parse(c, n) for c in cs] for cs, n in zip(comps, n_pr)]
-        for r in range(1, cfg.resample + 1):  # bounded re-sampling, as the reward scorer does
-            redo = [(i, j) for i, vs in enumerate(verdicts) for j, v in enumerate(vs)
-                    if not v.ok and comps[i][j].finish_reason != "timeout"]
-            if not redo or inner.spec.temperature == 0.0:
-                break
-            sub = [GenRequest(reqs[i].prompt, reqs[i].images, seed=reqs[i].seed + r * RESAMPLE_STRIDE + j)
-                   for i, j in redo]
-            for (i, j), cs in zip(redo, inner.engine.generate(sub, dataclasses.replace(inner.spec, n=1),
-                                                              timeout_s=timeout)):
-                comps[i][j] = cs[0]
-                verdicts[i][j] = parse(cs[0], n_pr[i])
-        version = getattr(inner.engine, "version", 0)
-        for i, k in enumerate(slots):
-            res = aggregate(verdicts[i], comps[i], "drop", version)
-            res.detail["trace"] = str(res.detail.get("trace", ""))[:TEXT_KEEP]
-            res.detail.pop("traces", None)
-            out[k] = res
-        return out  # type: ignore[return-value]
-
-    def info(self) -> Dict[str, Any]:
-        return self.inner.info()
-
-    def close(self) -> None:
-        self.inner.close()
+    policy = "drop"
+    text_keep = TEXT_KEEP
 
 
-class OracleBatchScorer:
-    """The sandbox oracle: holistic 0-10 score and per-principle checks from pixels."""
-
-    name = "oracle"
-    columns = ("id", "oracle")
-
-    def score_batch(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
-        from edit_rlhf.rewards.oracle import oracle_detail
-
-        out = []
-        for row, img in zip(rows, images):
-            oj = row.get("oracle")
-            if not oj:
-                out.append(ScoreResult.failed(f"row {row.get('id')!r} has no oracle record"))
-                continue
-            try:
-                d = oracle_detail(oj, img)
-            except (ValueError, KeyError, TypeError) as e:
-                out.append(ScoreResult.failed(f"oracle failed on row {row.get('id')!r}: {e}"))
-                continue
-            out.append(ScoreResult(reward=d["oracle_score"], detail=d))
-        return out
-
-    def info(self) -> Dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        pass
+OracleBatchScorer = OracleScorer  # the sandbox oracle: holistic 0-10 score and per-principle checks from pixels
 
 
 def build_eval_scorer(kind: str, cfg, threads: Optional[int] = None):

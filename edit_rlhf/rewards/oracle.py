@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edit_rlhf.rewards.base import ScoreResult
+from edit_rlhf.rewards.base import BaseScorer, ScoreResult
 
 
 def oracle_detail(oracle_json: str, image: np.ndarray) -> Dict[str, Any]:
@@ -16,20 +16,24 @@ def oracle_detail(oracle_json: str, image: np.ndarray) -> Dict[str, Any]:
     return {"oracle_score": float(res.score), "checks": [int(c) for c in res.checks]}
 
 
-class OracleScorer:
+class OracleScorer(BaseScorer):
+    """The sandbox's programmatic verifier: holistic 0-10 score and per-principle checks from pixels (the reward
+    pool's `oracle` scorer and the evaluation's oracle metric)."""
+
     name = "oracle"
-    columns = ("oracle",)
+    columns = ("id", "oracle")
 
     def score(self, row: Dict[str, Any], images: np.ndarray) -> List[ScoreResult]:
         oj = row.get("oracle")
         if not oj:
-            return [ScoreResult.failed("row has no oracle record (not a sandbox dataset?)")] * len(images)
+            why = f"row {row.get('id')!r} has no oracle record (not a sandbox dataset?)"
+            return [ScoreResult.failed(why) for _ in images]
         out = []
         for img in images:
             try:
                 d = oracle_detail(oj, img)
-            except (ValueError, KeyError) as e:
-                out.append(ScoreResult.failed(f"oracle failed: {e}"))
+            except (ValueError, KeyError, TypeError) as e:
+                out.append(ScoreResult.failed(f"oracle failed on row {row.get('id')!r}: {e}"))
                 continue
             out.append(ScoreResult(reward=d["oracle_score"], detail=d))
         return out

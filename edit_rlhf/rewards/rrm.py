@@ -12,20 +12,18 @@ trace (first parsable sample, else the first sample), traces (all samples, when 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edit_rlhf.rewards.base import ScoreResult
+from edit_rlhf.rewards.base import BaseScorer, ScoreResult
+from edit_rlhf.rewards.sampling import RESAMPLE_STRIDE, sample_parsed  # noqa: F401  (RESAMPLE_STRIDE: re-exported)
 from edit_rlhf.rrm.backend import build_engine
 from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, sample_seed
 from edit_rlhf.rrm.parse import Verdict, parse_verdict
 from edit_rlhf.rrm.prompt import RRMPrompt
-
-RESAMPLE_STRIDE = 1_000_003  # seed offset of re-sample round r: base + r * stride + j
 
 
 def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], policy: str = "drop",
@@ -65,11 +63,15 @@ def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], po
     return ScoreResult(reward=float(scores.mean()), ok=True, detail=d)
 
 
-class RRMScorer:
-    """The `rrm` scorer of the reward pool. `engine` may be injected (tests, shared engines)."""
+class RRMScorer(BaseScorer):
+    """The `rrm` scorer of the reward pool (and, as `RRMBatchScorer`, of the evaluation). `engine` may be
+    injected (tests, shared engines). `policy`: what an edit without a parsable sample gets (None: the config's
+    `unparsed`); `text_keep`: characters of the trace kept in `detail` (None: all, with every sample's)."""
 
     name = "rrm"
-    columns = ()  # reads only the required columns: id, instruction, principles, source_image
+    columns = ("id", "instruction", "principles", "source_image")
+    policy: Optional[str] = None
+    text_keep: Optional[int] = None
 
     def __init__(self, cfg, threads: Optional[int] = None, engine=None):
         cfg.require_path()
@@ -81,18 +83,20 @@ class RRMScorer:
                       "unparsed_edits": 0, "seconds": 0.0}
 
     # ------------------------------------------------------------------ requests
-    def requests(self, row: Dict[str, Any], images: np.ndarray) -> List[GenRequest]:
-        """One request per edited image (source first, then the edit), seeded by (seed, row id, edit index).
+    def request(self, row: Dict[str, Any], image: np.ndarray, k: int) -> GenRequest:
+        """The request for edit `k` of `row` (source first, then the edit), seeded by (seed, row id, k).
 
         The source is shown as the editor saw it (`editor_view` at the edit's size: the square copy the
         editor edited), never in its original aspect next to a square edit."""
         from edit_rlhf.data.images import editor_view
 
         text = self.prompt.text(row["instruction"], row["principles"])
-        src = row["source_image"]
-        return [GenRequest(text, [editor_view(src, *np.asarray(img).shape[:2]), img],
-                           seed=sample_seed(self.cfg.sampling.seed, row["id"], i))
-                for i, img in enumerate(images)]
+        return GenRequest(text, [editor_view(row["source_image"], *np.asarray(image).shape[:2]), image],
+                          seed=sample_seed(self.cfg.sampling.seed, row["id"], k))
+
+    def requests(self, row: Dict[str, Any], images: np.ndarray) -> List[GenRequest]:
+        """One request per edited image of `row`."""
+        return [self.request(row, img, i) for i, img in enumerate(images)]
 
     def _parse(self, c: Completion, n_principles: int) -> Verdict:
         if c.finish_reason == "timeout":
@@ -101,40 +105,45 @@ class RRMScorer:
 
     # ------------------------------------------------------------------ scoring
     def score(self, row: Dict[str, Any], images: np.ndarray) -> List[ScoreResult]:
+        """G edits of one row; edit i is seeded by its position i."""
+        return self._score([row] * len(images), images, list(range(len(images))))
+
+    def score_batch(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
+        """One edit per row, each seeded as the first edit of its row."""
+        return self._score(rows, images, [0] * len(rows))
+
+    def _score(self, rows: Sequence[Dict[str, Any]], images: np.ndarray, ks: Sequence[int]) -> List[ScoreResult]:
+        """All edits in one engine run; an edit whose prompt cannot be built fails alone."""
         t0 = time.time()
-        n_img = len(images)
-        try:
-            reqs = self.requests(row, images)
-        except (ValueError, KeyError, TypeError) as e:
-            why = f"row {row.get('id')!r}: cannot build the RRM prompt: {e}"
-            return [ScoreResult.failed(why) for _ in range(n_img)]
-        n_pr = len(row["principles"])
-        timeout = self.cfg.timeout_s or None
-        comps = self.engine.generate(reqs, self.spec, timeout_s=timeout)
-        verdicts = [[self._parse(c, n_pr) for c in cs] for cs in comps]
-        for r in range(1, self.cfg.resample + 1):  # bounded re-sampling of unparsable (not timed-out) samples
-            redo = [(i, j) for i, vs in enumerate(verdicts) for j, v in enumerate(vs)
-                    if not v.ok and comps[i][j].finish_reason != "timeout"]
-            if not redo or self.spec.temperature == 0.0:
-                break  # greedy would repeat itself
-            sub = [GenRequest(reqs[i].prompt, reqs[i].images, seed=reqs[i].seed + r * RESAMPLE_STRIDE + j)
-                   for i, j in redo]
-            one = dataclasses.replace(self.spec, n=1)
-            for (i, j), cs in zip(redo, self.engine.generate(sub, one, timeout_s=timeout)):
-                comps[i][j] = cs[0]
-                verdicts[i][j] = self._parse(cs[0], n_pr)
-            self.stats["resampled"] += len(redo)
+        out: List[Optional[ScoreResult]] = [None] * len(rows)
+        reqs, slots = [], []
+        for b, (row, img, k) in enumerate(zip(rows, images, ks)):
+            try:
+                reqs.append(self.request(row, img, k))
+                slots.append(b)
+            except (ValueError, KeyError, TypeError) as e:
+                out[b] = ScoreResult.failed(f"row {row.get('id')!r}: cannot build the RRM prompt: {e}")
+        n_pr = [len(rows[b]["principles"]) for b in slots]
+        comps, verdicts, redrawn = sample_parsed(self.engine, reqs, self.spec, lambda i, c: self._parse(c, n_pr[i]),
+                                                 self.cfg.resample, self.cfg.timeout_s or None)
         version = getattr(self.engine, "version", 0)
-        out = [aggregate(vs, cs, self.cfg.unparsed, version) for vs, cs in zip(verdicts, comps)]
+        policy = self.policy or self.cfg.unparsed
+        for b, vs, cs in zip(slots, verdicts, comps):
+            res = aggregate(vs, cs, policy, version)
+            if self.text_keep is not None:
+                res.detail["trace"] = str(res.detail.get("trace", ""))[:self.text_keep]
+                res.detail.pop("traces", None)
+            out[b] = res
         flat = [v for vs in verdicts for v in vs]
         self.stats["requests"] += 1
-        self.stats["edits"] += n_img
+        self.stats["edits"] += len(rows)
         self.stats["samples"] += len(flat)
         self.stats["parsed"] += sum(v.ok for v in flat)
+        self.stats["resampled"] += redrawn
         self.stats["timeouts"] += sum(c.finish_reason == "timeout" for cs in comps for c in cs)
-        self.stats["unparsed_edits"] += sum(r.detail.get("n_valid", 0) == 0 for r in out)
+        self.stats["unparsed_edits"] += sum(r.detail.get("n_valid", 0) == 0 for r in out if r is not None and r.detail)
         self.stats["seconds"] += time.time() - t0
-        return out
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ engine access (weight sync, probes)
     def generate(self, requests: Sequence[GenRequest], spec: SamplingSpec, timeout_s: Optional[float] = None):

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 import numpy as np
 from PIL import Image
 
-from edit_rlhf.rewards.base import ScoreResult
+from edit_rlhf.rewards.base import BaseScorer, ScoreResult
 
 
 def _resize(img: np.ndarray, hw) -> np.ndarray:
@@ -22,7 +22,7 @@ def pixel_mse(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a - b.astype(np.float64) / 255.0) ** 2).mean())
 
 
-class SimilarityScorer:
+class SimilarityScorer(BaseScorer):
     """reward = -MSE(edit, target) (metric 'neg_mse', in [-1, 0]) or PSNR in dB (metric 'psnr')."""
 
     name = "similarity"
