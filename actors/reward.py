@@ -45,25 +45,36 @@ class RewardWorker:
         """images: uint8 (G, H, W, 3) (resolved from the rollout's object ref).
         Returns {'rewards', 'ok', 'errors', 'details', 'worker', 'seconds'}; also the sandbox oracle's score
         per image as 'oracle_scores' when the dataset carries oracle records (a monitor, not the reward)."""
+        return self.score_groups(split, [index], images)[0]
+
+    def score_groups(self, split: str, indices, *groups) -> list:
+        """Several prompts' groups in one scorer call (an RRM engine gets them as one batch): one reply per group,
+        as `score` gives it. `groups` arrive resolved from the rollouts' object refs."""
         from edit_rlhf.faults import maybe_fail
-        from edit_rlhf.rewards.oracle import oracle_detail
 
         maybe_fail(self.worker_id, "score")
         t0 = time.time()
         ds = self.data[split]
         cols = self.cols + (["oracle"] if self.has_oracle[split] and "oracle" not in self.cols else [])
         cols += ["principles"] if "principles" in ds.ds.column_names and "principles" not in cols else []
-        row = ds.row(index, [c for c in cols if c in ds.ds.column_names])
-        results = self.scorer.score(row, images)
-        oracle = None
-        if self.has_oracle[split]:
-            oracle = []
-            for img in images:
-                try:
-                    oracle.append(oracle_detail(row["oracle"], img)["oracle_score"])
-                except (ValueError, KeyError):
-                    oracle.append(float("nan"))
-        self.served += 1
-        return {"rewards": [r.reward for r in results], "ok": [r.ok for r in results],
-                "errors": [r.error for r in results], "details": [r.detail for r in results],
-                "oracle_scores": oracle, "worker": self.worker_id, "seconds": time.time() - t0}
+        rows = [ds.row(i, [c for c in cols if c in ds.ds.column_names]) for i in indices]
+        results = self.scorer.score_groups(rows, groups)
+        self.served += len(rows)
+        seconds = (time.time() - t0) / len(rows)
+        return [{"rewards": [r.reward for r in res], "ok": [r.ok for r in res], "errors": [r.error for r in res],
+                 "details": [r.detail for r in res], "oracle_scores": self._oracle(split, row, images),
+                 "worker": self.worker_id, "seconds": seconds} for row, images, res in zip(rows, groups, results)]
+
+    def _oracle(self, split: str, row: dict, images):
+        """The sandbox oracle's score of each edit (NaN where it cannot judge), or None without oracle records."""
+        from edit_rlhf.rewards.oracle import oracle_detail
+
+        if not self.has_oracle[split]:
+            return None
+        out = []
+        for img in images:
+            try:
+                out.append(oracle_detail(row["oracle"], img)["oracle_score"])
+            except (ValueError, KeyError):
+                out.append(float("nan"))
+        return out

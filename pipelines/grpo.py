@@ -272,7 +272,7 @@ class GRPODriver(Driver):
         jobs = [Job(slot=s, split="train", index=i, gen_args=(i, sample_seeds(cfg.seed, step, s, a.group_size)))
                 for s, i in enumerate(self.sampler.next(a.prompts_per_step))]
         st = stream(jobs, self.rollout, self.reward, _rollout_call, cfg.reward.timeout_s, cfg.reward.max_retries,
-                    expected_version=self.version)
+                    expected_version=self.version, batch_groups=cfg.reward.batch_groups)
         return jobs, st
 
     def advantages(self, jobs: List[Job]) -> Tuple[np.ndarray, np.ndarray]:

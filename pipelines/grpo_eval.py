@@ -60,7 +60,7 @@ def evaluate_policy(driver, probes: bool = False) -> Tuple[Dict[str, float], Dic
     for variant in (VARIANTS if probes and n > 1 else VARIANTS[:1]):
         jobs = eval_jobs(cfg.seed, n, r, variant)
         stream(jobs, driver.rollout, driver.reward, _evaluate_call, cfg.reward.timeout_s, cfg.reward.max_retries,
-               expected_version=driver.version)
+               expected_version=driver.version, batch_groups=cfg.reward.batch_groups)
         name = "" if variant == "matched" else variant + "_"
         per_edit = np.array([j.score.rewards for j in jobs], dtype=np.float64)  # (n, eval_repeats)
         rewards = row_means(per_edit)  # per prompt: the mean over its repeats

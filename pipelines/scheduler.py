@@ -65,13 +65,19 @@ class Stage:
     call: Callable[[Any, Task], Refs]  # (actor handle, task) -> ObjectRef(s); submit only, never ray.get
     after: Optional[str] = PREVIOUS
     max_retries: Optional[int] = 0  # extra calls after a failure; None: until every live actor failed it
-    timeout_s: Optional[float] = None  # per request, from the start of its work; None: no timeout
+    timeout_s: Optional[float] = None  # per request (per task of a batch), from the start of its work; None: none
     max_inflight: Optional[int] = None  # per actor; None: no limit (the actor queues them itself)
     distinct_actors: bool = False  # True: never retry on an actor that failed this item (none left: last failure)
     on_failure: Optional[Callable[[Task, str], Any]] = None  # the result filled in after the last failure
     error: Optional[Callable[[Task, str], BaseException]] = None  # raised after the last failure (no on_failure)
     reject: Optional[Callable[[Task, Any, int], Optional[str]]] = None  # (task, value, actor) -> why, or None
     fatal: Optional[Callable[[BaseException], Optional[BaseException]]] = None  # error -> raise it now, no retry
+    # Batching: with `max_batch` > 1 and `batch_call(actor, tasks) -> one ObjectRef` (whose value is one value per
+    # task), the tasks waiting for this stage go to an actor together, up to `max_batch` per call. With
+    # `max_inflight=1` that batches dynamically: single tasks while the pool keeps up, full batches once work
+    # queues behind a busy actor (a vLLM reward worker then gets many groups in one engine run).
+    max_batch: int = 1
+    batch_call: Optional[Callable[[Any, List["Task"]], Any]] = None
 
     def __post_init__(self) -> None:
         if self.max_retries is None and not self.distinct_actors:
@@ -82,6 +88,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: max_inflight must be >= 1, got {self.max_inflight}")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"stage {self.name!r}: timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_batch < 1 or (self.max_batch > 1 and self.batch_call is None):
+            raise ValueError(f"stage {self.name!r}: max_batch={self.max_batch} needs max_batch >= 1 and, above 1, "
+                             f"a batch_call")
 
 
 @dataclass
@@ -105,6 +114,11 @@ class _Request:
     stage: Stage
     actor: int
     refs: list
+    batch: Optional[List[Task]] = None  # a batched call: its tasks (task is the first), one value each
+
+    @property
+    def tasks(self) -> List[Task]:
+        return self.batch or [self.task]
 
 
 class Scheduler:
@@ -230,6 +244,16 @@ class Scheduler:
                 if i is None:  # every candidate actor is at max_inflight
                     waiting.append(task)
                     continue
+                if st.max_batch > 1:
+                    batch = [task]
+                    for other in list(q):  # the next waiting tasks this actor has not failed, up to max_batch
+                        if len(batch) == st.max_batch:
+                            break
+                        if i not in other.tried[name]:
+                            q.remove(other)
+                            batch.append(other)
+                    self._submit_batch(batch, st, i)
+                    continue
                 self._submit(task, st, i)
             self.queues[name] = waiting
 
@@ -241,10 +265,18 @@ class Scheduler:
         self.stats[st.name].calls += 1
         self.inflight[refs[0]] = _Request(task, st, i, refs)
 
+    def _submit_batch(self, tasks: List[Task], st: Stage, i: int) -> None:
+        ref = st.batch_call(st.pool.actors[i], tasks)
+        st.pool.started(i, ref)
+        for t in tasks:
+            t.attempts[st.name] += 1
+        self.stats[st.name].calls += 1
+        self.inflight[ref] = _Request(tasks[0], st, i, [ref], batch=list(tasks))
+
     # ------------------------------------------------------------------ results
     def _complete(self, ref) -> None:
         req = self.inflight.pop(ref)
-        task, st, i = req.task, req.stage, req.actor
+        st, i = req.stage, req.actor
         try:
             value = ray.get(ref)
         except ray.exceptions.RayError as e:
@@ -257,9 +289,21 @@ class Scheduler:
                 if i not in st.pool.dead:  # its other requests in flight fail the same way: count it once
                     self.stats[st.name].dead_actors += 1
                 st.pool.mark_dead(i)
-            self._failed(task, st, i, f"{type(e).__name__}: {e}")
+            for task in req.tasks:
+                self._failed(task, st, i, f"{type(e).__name__}: {e}")
             return
         st.pool.finished(i, ok=True, key=ref)
+        if req.batch is not None:
+            if not isinstance(value, (list, tuple)) or len(value) != len(req.batch):
+                for task in req.batch:
+                    self._failed(task, st, i, f"batch call returned {type(value).__name__} for {len(req.batch)} tasks")
+                return
+            for task, v in zip(req.batch, value):
+                self._result(task, st, i, v, [])
+            return
+        self._result(req.task, st, i, value, req.refs)
+
+    def _result(self, task: Task, st: Stage, i: int, value: Any, refs: list) -> None:
         why = st.reject(task, value, i) if st.reject is not None else None
         if why:
             self.stats[st.name].rejected += 1
@@ -271,7 +315,7 @@ class Scheduler:
             else:
                 self._enqueue(task, st.name)
             return
-        self._stage_done(task, st.name, value, req.refs, i)
+        self._stage_done(task, st.name, value, refs, i)
 
     def _check_timeouts(self) -> None:
         for ref, req in list(self.inflight.items()):
@@ -279,7 +323,7 @@ class Scheduler:
             if st.timeout_s is None:
                 continue
             busy = st.pool.running_for(ref)
-            if busy is not None and busy > st.timeout_s:
+            if busy is not None and busy > st.timeout_s * len(req.tasks):  # a batched call: timeout_s per task
                 del self.inflight[ref]
                 try:
                     ray.cancel(ref, force=False)
@@ -287,7 +331,8 @@ class Scheduler:
                     pass
                 st.pool.finished(req.actor, ok=False, key=ref)
                 self.stats[st.name].timeouts += 1
-                self._failed(req.task, st, req.actor, f"timed out after {st.timeout_s:.0f}s")
+                for task in req.tasks:
+                    self._failed(task, st, req.actor, f"timed out after {st.timeout_s:.0f}s")
 
     def _failed(self, task: Task, st: Stage, i: int, why: str) -> None:
         """Retry elsewhere while the stage's budget allows, else apply its last-failure policy."""

@@ -73,9 +73,11 @@ def data_error(e: BaseException) -> Optional[Exception]:
 
 def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, generate: Generate,
            timeout_s: float, max_retries: int, on_event: Optional[Callable[[str, Job], None]] = None,
-           expected_version: Optional[int] = None) -> StreamStats:
+           expected_version: Optional[int] = None, batch_groups: int = 1) -> StreamStats:
     """Run all jobs to completion (in place): each gets `rollout` and `score`. `generate` makes the generation
-    call on a rollout actor (training rollouts or evaluation edits); `on_event('generated'|'scored', job)`."""
+    call on a rollout actor (training rollouts or evaluation edits); `on_event('generated'|'scored', job)`.
+    `batch_groups` > 1: the groups waiting for a reward worker go to it in one call (up to that many), and each
+    worker takes one call at a time, so a busy reward pool gets full batches instead of a queue of small ones."""
     stats = StreamStats()
 
     def stale(task: Task, meta: dict, actor: int) -> Optional[str]:
@@ -108,7 +110,8 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, generate: Gen
               reject=stale, fatal=data_error, error=gave_up),
         Stage("score", reward, lambda a, t: a.score.remote(t.payload.split, t.payload.index, t.refs["generate"][1]),
               max_retries=max_retries, timeout_s=timeout_s,
-              on_failure=lambda t, why: GroupScores.failed(t.payload.rollout.n, f"score on {reward.name}: {why}")),
+              on_failure=lambda t, why: GroupScores.failed(t.payload.rollout.n, f"score on {reward.name}: {why}"),
+              **({} if batch_groups <= 1 else dict(max_batch=batch_groups, max_inflight=1, batch_call=_score_groups))),
     ]
     t0 = time.time()
     sched = Scheduler(stages, on_stage=done)
@@ -120,3 +123,9 @@ def stream(jobs: List[Job], rollout: ActorPool, reward: ActorPool, generate: Gen
     stats.gen_retries, stats.stale_generations = g.retries, g.rejected
     stats.score_retries, stats.score_failures = s.retries, s.failures
     return stats
+
+
+def _score_groups(actor, tasks: List[Task]):
+    """One reward call for several groups of the same split (RewardWorker.score_groups)."""
+    jobs = [t.payload for t in tasks]
+    return actor.score_groups.remote(jobs[0].split, [j.index for j in jobs], *[t.refs["generate"][1] for t in tasks])

@@ -161,6 +161,25 @@ def test_scorer_avg_at_k_resample_timeout_and_seeds(tiny_models):
     assert not any(r.ok for r in greedy.score(row, images[:1])) and len(greedy.engine.calls) == 1
 
 
+def test_score_groups_runs_several_groups_in_one_engine_call_with_the_same_results(tiny_models):
+    """The reward pool's batched call: two rows' groups in one engine run give what two `score` calls give
+    (seeds are per (row id, edit position), not per position in the batch)."""
+    def answer(req, j, seed):
+        return verdict([1, 1, 1], seed % 10), "stop"
+
+    rows = [{"id": f"p{k}", "instruction": "make the square red", "principles": PRINCIPLES,
+             "source_image": np.zeros((64, 64, 3), np.uint8)} for k in range(2)]
+    groups = [np.stack([np.full((64, 64, 3), v, np.uint8) for v in vs]) for vs in ((10, 20, 30), (40, 50))]
+    one = _scorer(tiny_models, ScriptedEngine(answer))
+    separate = [one.score(r, g) for r, g in zip(rows, groups)]
+    batched = _scorer(tiny_models, ScriptedEngine(answer))
+    together = batched.score_groups(rows, groups)
+    assert [len(g) for g in together] == [3, 2]
+    assert [[r.reward for r in g] for g in together] == [[r.reward for r in g] for g in separate]
+    assert len({r.reward for g in together for r in g}) > 1  # the seeds (and so the scores) differ per edit
+    assert len(batched.engine.calls) == 1 and batched.engine.calls[0][0] == 5  # one engine run of 5 edits
+
+
 def test_scorer_bad_row_fails_per_edit_without_raising(tiny_models):
     sc = _scorer(tiny_models, ScriptedEngine(lambda r, j, s: ("", "stop")))
     row = {"id": "bad", "instruction": "make it red", "principles": [], "source_image": np.zeros((8, 8, 3), np.uint8)}

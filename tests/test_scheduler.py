@@ -273,3 +273,55 @@ def test_fan_out_stages_and_a_failed_stage_skips_what_follows_it(ray_cluster):
         assert sched.stats["c"].skipped == 3 and sched.stats["c"].calls == 0 and sched.stats["b"].failures == 3
     finally:
         good.shutdown(), bad.shutdown()
+
+
+@pytest.mark.integration
+def test_batched_stage_sends_the_waiting_tasks_together_and_maps_results_back(ray_cluster):
+    """A batch stage with max_inflight=1: the first generated item is scored alone; items generated while the
+    scorer is busy wait in the scheduler and go to it in calls of at most `max_batch`; each task gets its own
+    value back. A batch that fails is retried task by task."""
+    import ray
+
+    from edit_rlhf.pipelines.scheduler import Scheduler, Stage
+
+    @ray.remote
+    class BatchScorer:
+        def __init__(self):
+            self.calls = []
+            self.failed_once = False
+
+        def info(self):
+            return {}
+
+        def score_many(self, tags, fail_tag=None):
+            if fail_tag in tags and not self.failed_once:
+                self.failed_once = True
+                raise RuntimeError("batch failed")
+            self.calls.append(list(tags))
+            time.sleep(0.5)
+            return [{"tag": t} for t in tags]
+
+        def log(self):
+            return self.calls
+
+    from edit_rlhf.cluster.pools import ActorPool
+    from edit_rlhf.config.schema import PoolConfig
+
+    gen = _pool(ray, "gen", 2)
+    score = ActorPool("score", BatchScorer, PoolConfig(size=1, num_cpus=0.1), lambda i: ())
+    score.wait_ready()
+    try:
+        sched = Scheduler([
+            Stage("generate", gen, lambda a, t: a.work.remote(t.payload, 0.05)),
+            Stage("score", score, lambda a, t: a.score_many.remote([t.payload]), max_inflight=1, max_batch=3,
+                  max_retries=1, batch_call=lambda a, ts: a.score_many.remote([t.payload for t in ts], fail_tag=7)),
+        ])
+        tasks = sched.run(range(8))
+        assert [t.results["score"]["tag"] for t in tasks] == list(range(8))  # every task got its own value
+        calls = ray.get(score.actors[0].log.remote())
+        assert sorted(x for c in calls for x in c) == list(range(8))  # each scored once (the failed batch redone)
+        assert max(len(c) for c in calls) > 1 and all(len(c) <= 3 for c in calls)  # batched, never above max_batch
+        st = sched.stats["score"]
+        assert st.calls == len(calls) + 1 and st.retries >= 1 and st.failures == 0
+    finally:
+        gen.shutdown(), score.shutdown()

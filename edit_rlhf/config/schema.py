@@ -268,6 +268,9 @@ class RewardConfig(PoolConfig):
     scorer: str = "similarity"  # similarity | oracle | rrm
     timeout_s: float = 120.0  # per scoring request
     max_retries: int = 2  # resubmissions of a failed request (on another worker when there is one)
+    # groups per scoring call: > 1 sends the groups waiting for a reward worker together (one engine run; a
+    # worker takes one call at a time), so a vLLM RRM gets full batches when scoring is the slower stage
+    batch_groups: int = 1
     similarity: SimilarityScorerConfig = field(default_factory=SimilarityScorerConfig)
     rrm: RRMScorerConfig = field(default_factory=RRMScorerConfig)
 
@@ -282,6 +285,7 @@ class RewardConfig(PoolConfig):
                                  f"(rrm.vllm.tensor_parallel_size={tp}), got num_gpus={self.num_gpus}")
         _positive("timeout_s", self.timeout_s)
         _positive("max_retries", self.max_retries, strict=False)
+        _positive("batch_groups", self.batch_groups)
 
 
 # --------------------------------------------------------------------------- data, tracking, run

@@ -63,6 +63,11 @@ class BaseScorer:
     def score_batch(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
         return [r for row, img in zip(rows, images) for r in self.score(row, np.asarray(img)[None])]
 
+    def score_groups(self, rows: Sequence[Dict[str, Any]], groups: Sequence[np.ndarray]) -> List[List[ScoreResult]]:
+        """Several rows' groups of edits at once (the reward pool batches groups across prompts); by default one
+        `score` per group. Each group's results equal what `score(row, group)` gives."""
+        return [self.score(row, imgs) for row, imgs in zip(rows, groups)]
+
     def info(self) -> Dict[str, Any]:
         return {}
 

@@ -108,6 +108,16 @@ class RRMScorer(BaseScorer):
         """G edits of one row; edit i is seeded by its position i."""
         return self._score([row] * len(images), images, list(range(len(images))))
 
+    def score_groups(self, rows: Sequence[Dict[str, Any]], groups: Sequence[np.ndarray]) -> List[List[ScoreResult]]:
+        """Several groups in one engine run (full vLLM batches); seeds as in `score`, so the results are the same."""
+        flat_rows = [row for row, g in zip(rows, groups) for _ in range(len(g))]
+        flat = self._score(flat_rows, [img for g in groups for img in g], [k for g in groups for k in range(len(g))])
+        out, i = [], 0
+        for g in groups:
+            out.append(flat[i:i + len(g)])
+            i += len(g)
+        return out
+
     def score_batch(self, rows: Sequence[Dict[str, Any]], images: np.ndarray) -> List[ScoreResult]:
         """One edit per row, each seeded as the first edit of its row."""
         return self._score(rows, images, [0] * len(rows))
