@@ -89,7 +89,7 @@ def editor_sft_config(cfg, init_path: str, train: str, evald: str, out: str):
     e = cfg.editor
     c = EditorSFTConfig(seed=cfg.seed, steps=e.steps, mode="full", train_text_encoders=e.train_text_encoders,
                         log_every=e.log_every, eval_every=0,
-                        save_every=0, output_dir=out,
+                        save_every=0, output_dir=out, overwrite=True,  # a rebuild starts the editor afresh
                         editor=EditorConfig(path=init_path, resolution=cfg.data.size,
                                             max_sequence_length=e.max_sequence_length),
                         flow=e.flow, optim=e.optim, learner=e.learner,
@@ -177,9 +177,10 @@ def run_pretrain(out: str, config_path: Optional[str], overrides: List[str], qui
         _log(summary_line(s))
         if os.path.exists(os.path.join(out, "editor")):
             shutil.rmtree(os.path.join(out, "editor"))
-        shutil.copytree(s["checkpoint"], os.path.join(out, "editor"),
+        shutil.copytree(s["published"], os.path.join(out, "editor"),
                         ignore=shutil.ignore_patterns("sft_state.json"))
-        manifest["editor"] = {"params": counts, "sft": {k: v for k, v in s.items() if k not in ("checkpoint",)},
+        sft = {k: v for k, v in s.items() if k not in ("checkpoint", "published")}
+        manifest["editor"] = {"params": counts, "sft": sft,
                               "steps": s["steps"], "train_seconds": round(time.time() - t, 1)}
     else:
         manifest["vae"], manifest["editor"] = old.get("vae"), old.get("editor")

@@ -138,13 +138,14 @@ def test_resume_continues_the_same_run_with_the_same_steps(ray_cluster, tiny_mod
 @pytest.mark.integration
 def test_one_and_two_ranks_take_the_same_steps(ray_cluster, tiny_models, triples_dir, tmp_path):
     from edit_rlhf.cluster.pools import LearnerGroup
-    from edit_rlhf.pipelines.editor_sft import CORE, absolutize
+    from edit_rlhf.pipelines.driver import absolutize
+    from edit_rlhf.pipelines.editor_sft import CORE, EditorSFTTrainer
 
     results = {}
     for k in (1, 2):
         cfg = _cfg(tiny_models, triples_dir, tmp_path, "mode=full", "flow.batch_size=4", f"learner.size={k}",
                    "steps=3", "optim.lr=1e-2")
-        absolutize(cfg)
+        absolutize(cfg, EditorSFTTrainer.path_keys)
         group = LearnerGroup(f"sft{k}", CORE, cfg, cfg.learner)
         try:
             per_rank = group.broadcast("train_steps", 3)
@@ -172,7 +173,7 @@ def test_checkpoint_reloads_in_plain_diffusers_and_reproduces_the_trained_editor
     cfg = _cfg(tiny_models, triples_dir, tmp_path, f"mode={mode}", "steps=10", "log_every=5", "flow.batch_size=4",
                "optim.lr=1e-2")
     s = run_editor_sft(cfg, quiet=True)
-    final = s["checkpoint"]
+    final = s["published"]  # output_dir/final: the last checkpoint's editor folder
     if mode == "full":
         pipe = FluxKontextPipeline.from_pretrained(final)
         base = FluxKontextPipeline.from_pretrained(tiny_models["editor"])
