@@ -327,7 +327,7 @@ def summary_line(s: Dict[str, Any]) -> str:
         parts.append(f"weighted adv {s['weighted_advantage_first20']:.2g} -> {s['weighted_advantage_last20']:.2g}")
     if s.get("sync_seconds_mean") is not None:
         parts.append(f"sync {s['sync_seconds_mean']:.2f}s")
-    parts += [f"RRM v{s['rrm_version']}", f"mlflow run {s['run_id']}", f"checkpoint {s['final_hf']}"]
+    parts += [f"RRM v{s['rrm_version']}", f"mlflow run {s['run_id']}", f"final {s['final_hf']}"]
     return " | ".join(parts)
 
 
