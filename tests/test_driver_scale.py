@@ -1,5 +1,6 @@
-"""The driver skeleton's pool maintenance between steps (no Ray: fake pools): a resize request reaches only the
-pools a pipeline lists as elastic, stale actors are handed to `on_pool_change` and counted."""
+"""The driver skeleton's pool maintenance between steps, without Ray (fake pools): a resize request reaches only
+the pools a pipeline lists as elastic; added and stale actors are handed to `on_pool_change`, re-syncs counted.
+(tests/test_driver_skeleton.py runs the ignored request on Ray.)"""
 from types import SimpleNamespace
 
 from edit_rlhf.cluster.control import request_scale
@@ -46,5 +47,5 @@ def test_scale_request_resizes_elastic_pools_and_ignores_others(tmp_path, capsys
     assert d.pools["rollout"].size == 3 and m["pool/rrm_rollout_size"] == 3 and m["pool/rrm_rollout_alive"] == 3
     assert d.changed == [("rollout", [1, 2]), ("rollout", [0])]  # the added actors, then the stale one
     assert d.counters["actor_resyncs"] == 1
-    assert "no resizable pool 'reward'" in capsys.readouterr().err
+    assert "pool 'reward' cannot be resized here" in capsys.readouterr().out
     assert d.maintain_pools(timeout_s=1.0)["pool/rrm_rollout_size"] == 3  # the request was consumed
