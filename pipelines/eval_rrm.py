@@ -30,6 +30,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
     from edit_rlhf.evaluation.editreward import METRIC_NAME, editreward_bench_accuracy, flat_metrics, headline_dimension
     from edit_rlhf.rrm.prompt import RRMPrompt
     from edit_rlhf.rrm_train.data import load_preferences
+    from edit_rlhf.pipelines.rrm_generate import generate_on
     from edit_rlhf.rrm_train.evaluate import evaluate_pairs
     from edit_rlhf.runtime import setup_process
     from edit_rlhf.tracking import Tracker
@@ -52,7 +53,8 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
                          lambda i: (cfg.engine, f"rrm-eval-{i}", cfg.cluster.torch_threads, cfg.seed + i),
                          runtime_env=cfg.cluster.runtime_env())
         pool.wait_ready()
-        res = evaluate_pairs(pool.actors, prompt, pairs, cfg.eval.sampling, cfg.eval.unparsed, cfg.seed)
+        res = evaluate_pairs(lambda reqs, spec, t: generate_on(pool, reqs, spec, t), prompt, pairs, cfg.eval.sampling,
+                             cfg.eval.unparsed, cfg.seed)
         m = dict(res["metrics"])
         m["rows_dropped_ties"] = pairs.stats.get("ties_dropped", 0)
         per_pair = [{"id": r["id"], "category": r["category"], "score_preferred": s[0], "score_other": s[1],

@@ -141,7 +141,6 @@ class RRMGCPOTrainer(Driver):
         """Sampling requests (the winner and the loser image of each pair), `group_size` traces each, from
         engines that all hold the learner's version."""
         from edit_rlhf.rrm.engine import SamplingSpec
-        from edit_rlhf.rrm_train.evaluate import generate_on
         from edit_rlhf.rrm_train.gcpo import pair_requests
 
         cfg, r = self.cfg, self.cfg.rollout
@@ -152,7 +151,7 @@ class RRMGCPOTrainer(Driver):
         spec = SamplingSpec(n=cfg.algo.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_tokens=r.max_tokens, logprobs=True)
         t = time.time()
-        comps, versions = generate_on(self._engines(), reqs, spec, r.timeout_s)
+        comps, versions = self._generate_on(reqs, spec, r.timeout_s)
         if versions != {self.version}:
             raise SyncError(f"step {step}: traces from engine versions {sorted(versions)}, learner v{self.version}")
         return reqs, comps, time.time() - t
@@ -194,9 +193,12 @@ class RRMGCPOTrainer(Driver):
                 "s/step": f"{m['time/step_s']:.0f}"}
 
     # ------------------------------------------------------------------ engines and weight sync
-    def _engines(self) -> List[Any]:
-        """The live engines (`maintain_pools` health-checks them and re-syncs stale ones between steps)."""
-        return [self.rollout.actors[i] for i in self.rollout.alive()]
+    def _generate_on(self, requests, spec, timeout_s):
+        """Requests on the live engines (`maintain_pools` health-checks them and re-syncs stale ones between
+        steps), on the streaming scheduler."""
+        from edit_rlhf.pipelines.rrm_generate import generate_on
+
+        return generate_on(self.rollout, requests, spec, timeout_s)
 
     def stale_actors(self, name: str, infos: Dict[int, dict]) -> List[int]:
         return [i for i, info in infos.items() if info.get("version") != self.version]
@@ -258,8 +260,7 @@ class RRMGCPOTrainer(Driver):
 
         e, timeout = self.cfg.eval, self.cfg.rollout.timeout_s
         self.maintain_pools(timeout)  # every engine alive and on the learner's version
-        engines = self._engines()
-        res = evaluate_pairs(engines, self.prompt, self.eval, e.sampling, e.unparsed, self.cfg.seed, timeout)
+        res = evaluate_pairs(self._generate_on, self.prompt, self.eval, e.sampling, e.unparsed, self.cfg.seed, timeout)
         if res["versions"] != [self.version]:
             raise SyncError(f"eval at step {step}: engine versions {res['versions']} != learner v{self.version}")
         m = {f"eval/{k}": v for k, v in res["metrics"].items()}
@@ -268,7 +269,7 @@ class RRMGCPOTrainer(Driver):
             import dataclasses
 
             sc = dataclasses.replace(e.sampling, n=e.avg_k, temperature=e.avg_temperature)
-            avg = evaluate_pairs(engines, self.prompt, self.eval, sc, e.unparsed, self.cfg.seed, timeout)
+            avg = evaluate_pairs(self._generate_on, self.prompt, self.eval, sc, e.unparsed, self.cfg.seed, timeout)
             m.update({f"eval/avg{e.avg_k}/{k}": v for k, v in avg["metrics"].items()})
             rec["scores_avg"] = avg["scores"]
         self.eval_scores.append(rec)

@@ -2,7 +2,7 @@
 
 Both images of every pair are scored independently with the same prompt (pointwise RRM, algorithms.md §5
 note 6): k = sampling.n verdicts each, the score is their mean over parsable verdicts (Avg@k; k = 1 with
-temperature 0 is greedy). Requests are spread over the pool's actors in contiguous chunks, one call each.
+temperature 0 is greedy). The caller runs the requests on its engines (pipelines/rrm_generate.py).
 Rows that name their images (`image_keys`, EditReward-Bench: one row per (pair, dimension), so each image
 appears in up to three rows) have each distinct (image, prompt) scored once and its score reused, as the
 benchmark authors' `evaluation.py` does.
@@ -10,33 +10,13 @@ benchmark authors' `evaluation.py` does.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from edit_rlhf.rrm.engine import GenRequest, SamplingSpec, sample_seed
 from edit_rlhf.rrm.parse import parse_verdict
 from edit_rlhf.rrm_train.metrics import avg_at_k, pairwise_metrics
-
-
-def chunked(n: int, k: int) -> List[range]:
-    """k contiguous, nearly equal chunks of range(n) (empty ones dropped)."""
-    bounds = np.linspace(0, n, k + 1).astype(int)
-    return [range(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
-
-
-def generate_on(actors: Sequence[Any], requests: Sequence[GenRequest], spec: SamplingSpec,
-                timeout_s: float = None):
-    """Per request, spec.n Completions, and the set of weight versions that produced them."""
-    import ray
-
-    parts = chunked(len(requests), len(actors))
-    refs = [actors[i].generate.remote([requests[j] for j in r], spec, timeout_s) for i, r in enumerate(parts)]
-    out, versions = [], set()
-    for comps, version in ray.get(refs):
-        out += comps
-        versions.add(version)
-    return out, versions
 
 
 def pair_eval_requests(prompt, pairs, seed: int) -> List[GenRequest]:
@@ -70,15 +50,17 @@ def shared_requests(rows: Sequence[Dict[str, Any]], reqs: Sequence[GenRequest]) 
     return todo, where
 
 
-def evaluate_pairs(actors: Sequence[Any], prompt, pairs, sampling, unparsed: str = "drop", seed: int = 0,
+def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = "drop", seed: int = 0,
                    timeout_s: float = None, requests: Sequence[GenRequest] = None) -> Dict[str, Any]:
-    """{'metrics': pairwise metrics + parse rate + Avg@k, 'scores': [(winner, loser) per pair], 'versions'}."""
+    """{'metrics': pairwise metrics + parse rate + Avg@k, 'scores': [(winner, loser) per pair], 'versions'}.
+    `generate(requests, spec, timeout_s) -> (completions per request, versions)` runs them on the engines
+    (pipelines/rrm_generate.py:generate_on over a pool)."""
     t0 = time.time()
     reqs = list(requests) if requests is not None else pair_eval_requests(prompt, pairs, seed)
     spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                         max_tokens=sampling.max_tokens)
     todo, where = shared_requests(pairs.rows, reqs)
-    distinct, versions = generate_on(actors, [reqs[j] for j in todo], spec, timeout_s)
+    distinct, versions = generate([reqs[j] for j in todo], spec, timeout_s)
     comps = [distinct[w] for w in where]
     scores, n_ok, n_all, lens, samples = [], 0, 0, [], []
     for i in range(len(pairs)):
