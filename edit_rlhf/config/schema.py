@@ -137,6 +137,8 @@ class LoraConfig:
     target_modules: List[str] = field(default_factory=lambda: list(DEFAULT_KONTEXT_LORA_TARGETS))
     init: str = "gaussian"  # peft init_lora_weights; B=0 so the initial policy equals the base model
     seed: int = 0
+    fuse_rollout: bool = True  # rollout actors merge the LoRA into the base weights at each sync (faster sampling;
+                               # a CPU copy of the adapted base weights per actor); the learner trains unmerged
 
     def check(self) -> None:
         _positive("rank", self.rank)

@@ -16,7 +16,7 @@ from edit_rlhf.algorithms.sampler import sample_ode, sample_sde
 from edit_rlhf.data.prompts import EditPromptDataset
 from edit_rlhf.faults import maybe_fail
 from edit_rlhf.models.kontext import KontextEditor
-from edit_rlhf.models.lora import ADAPTER, add_lora, set_lora_state
+from edit_rlhf.models.lora import ADAPTER, add_lora, fuse_lora, set_lora_state, unfuse_lora
 from edit_rlhf.runtime import resolve_device, resolve_dtype
 
 
@@ -43,11 +43,13 @@ class EditorRollout:
         self.served = 0
         self._lora_dirs: Dict[str, str] = {}  # LoRA folder -> adapter name (evaluation)
         self.adapter = ADAPTER  # the active adapter (reported with each evaluation)
+        self._base: Optional[Dict[str, torch.Tensor]] = None  # base weights under a fused LoRA (`fuse`)
 
     def use_lora_dir(self, path: Optional[str]) -> str:
         """Evaluation: edit with a trained LoRA loaded from a diffusers LoRA folder (each folder loaded once, as
         its own adapter), or with `path=None` with this actor's own adapter again (the base editor while it is at
         version 0, B = 0). Returns the active adapter's name."""
+        self.unfuse()  # peft merges/unmerges only its own adapters: switch with the base weights in place
         name = ADAPTER
         if path is not None:
             name = self._lora_dirs.get(path) or f"eval_{len(self._lora_dirs)}"
@@ -56,10 +58,30 @@ class EditorRollout:
                 self._lora_dirs[path] = name
         self.editor.transformer.set_adapters([name])
         self.adapter = name
+        self.fuse()
         return name
 
+    @property
+    def fused(self) -> bool:
+        return self._base is not None
+
+    def fuse(self) -> None:
+        """With `lora.fuse_rollout`, merge this actor's own adapter into the base weights: rollouts then run the
+        base layers alone (the unmerged LoRA's two extra matmuls per adapted layer cost ~10-20 % of a tiny
+        model's step, benchmarks/perf_step.py). Costs a CPU copy of the adapted base weights. The learner
+        always trains unmerged."""
+        if self._base is None and self.cfg.lora.fuse_rollout and self.adapter == ADAPTER:
+            self._base = fuse_lora(self.editor.transformer)
+
+    def unfuse(self) -> None:
+        if self._base is not None:
+            unfuse_lora(self.editor.transformer, self._base)
+            self._base = None
+
     def set_lora(self, state: Dict[str, torch.Tensor], version: int) -> int:
+        self.unfuse()  # the new weights replace the adapter's, never a merged delta
         set_lora_state(self.editor.transformer, state)
+        self.fuse()
         self.version = int(version)
         return self.version
 

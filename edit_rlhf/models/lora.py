@@ -78,3 +78,35 @@ def save_lora(path: str, state: Dict[str, torch.Tensor], metadata: Optional[dict
     FluxKontextPipeline.save_lora_weights(path, transformer_lora_layers=state,
                                           transformer_lora_adapter_metadata=meta or None)
     return path
+
+
+def _lora_layers(transformer):
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in transformer.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A]
+
+
+def fuse_lora(transformer) -> Dict[str, torch.Tensor]:
+    """Merge the adapter into the base weights (W <- W + scale * B @ A) for inference: the forward is then the
+    base layer's alone, without the two extra low-rank matmuls per adapted layer.
+
+    Returns the base weights it overwrote, on the CPU, for `unfuse_lora` to put back exactly (peft's own unmerge
+    subtracts the delta again, which drifts by rounding at every sync: a bf16 base would change over a run)."""
+    saved = {}
+    for name, m in _lora_layers(transformer):
+        if m.merged:
+            raise RuntimeError(f"fuse_lora: {name} is already merged (unfuse_lora first)")
+        w = m.get_base_layer().weight
+        saved[name] = w.detach().to("cpu", copy=True)
+        m.merge(adapter_names=[ADAPTER])
+    return saved
+
+
+def unfuse_lora(transformer, saved: Dict[str, torch.Tensor]) -> None:
+    """Put back the base weights `fuse_lora` returned; the adapter is then applied unmerged again."""
+    for name, m in _lora_layers(transformer):
+        if name not in saved:
+            raise KeyError(f"unfuse_lora: no saved base weight for {name}")
+        with torch.no_grad():
+            m.get_base_layer().weight.copy_(saved[name])
+        m.merged_adapters.clear()
