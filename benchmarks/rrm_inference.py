@@ -105,6 +105,22 @@ def agreement(rrm: str, ds, k: int = 8, max_tokens: int = 64) -> dict:
             "weight_sync_full_s": round(sync, 3)}
 
 
+def load_inputs(sandbox: str, prompts: int):
+    """The sandbox train prompts and, per prompt id, the candidate edits scored in place of rollout edits
+    (enough for `prompts` + 1 batches; also benchmarks/perf_step.py)."""
+    import datasets
+
+    from edit_rlhf.data.images import decode_image
+    from edit_rlhf.data.prompts import EditPromptDataset
+
+    ds = EditPromptDataset(f"{sandbox}/prompts_train")
+    cd = datasets.load_from_disk(f"{sandbox}/candidates").cast_column("edited_image", datasets.Image(decode=False))
+    cands = {}
+    for c in cd.select(range(min(len(cd), 4 * (prompts + 1) * 2))):
+        cands.setdefault(c["prompt_id"], []).append(decode_image(c["edited_image"]))
+    return ds, cands
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rrm", default=".cache/tiny_models/rrm")
@@ -116,16 +132,7 @@ def main(argv=None) -> dict:
     from edit_rlhf.runtime import setup_process
 
     setup_process(1)
-    import datasets
-
-    from edit_rlhf.data.images import decode_image
-    from edit_rlhf.data.prompts import EditPromptDataset
-
-    ds = EditPromptDataset(f"{args.sandbox}/prompts_train")
-    cd = datasets.load_from_disk(f"{args.sandbox}/candidates").cast_column("edited_image", datasets.Image(decode=False))
-    cands = {}
-    for c in cd.select(range(min(len(cd), 4 * (args.prompts + 1) * 2))):
-        cands.setdefault(c["prompt_id"], []).append(decode_image(c["edited_image"]))
+    ds, cands = load_inputs(args.sandbox, args.prompts)
     out = {"benchmark": "rrm_inference", "rrm": args.rrm, "tokens": token_figures(args.rrm, ds),
            "parse": trace_parse_rate(args.sandbox)}
     for backend in ("vllm", "hf"):
