@@ -90,22 +90,22 @@ def has_off_policy() -> bool:
 def _cfg(config: str, overrides: Sequence[str], tmp: str, name: str, steps: int):
     from edit_rlhf.config import GRPOConfig, load_config
 
-    base = [f"steps={steps + 1}", "eval_every=0", "save_every=0", "data.eval=null",
+    base = [f"steps={steps + 2}", "eval_every=0", "save_every=0", "data.eval=null",
             f"output_dir={os.path.join(tmp, name)}", f"tracking.dir={os.path.join(tmp, 'mlruns')}",
             "tracking.experiment=edit_rlhf-perf", "tracking.log_images_every=100000"]
     return load_config(GRPOConfig, config, base + list(overrides))
 
 
 def ray_steps(config: str, overrides: Sequence[str], tmp: str, name: str, steps: int) -> List[Dict[str, float]]:
-    """The driver's per-step metrics (GRPOTrainer.history) of `steps` steps after one warm-up step. Through
-    `GRPOTrainer.run` (the job's own loop, which is where a pipelined driver overlaps steps); its one checkpoint
-    at the last step is outside every step's time."""
-    from edit_rlhf.pipelines.grpo import GRPOTrainer
+    """The driver's per-step metrics (its history) of `steps` steps after one warm-up step, through
+    `GRPODriver.run` (the job's own loop). One more step runs after them and is not counted: the last step of a run
+    never samples ahead (the pipeline drains), so a pipelined run's last step would show no rollout stage."""
+    from edit_rlhf.pipelines.grpo import GRPODriver
 
     cfg = _cfg(config, overrides, tmp, name, steps)
-    tr = GRPOTrainer(cfg, quiet=True)
+    tr = GRPODriver(cfg, quiet=True)
     tr.run()
-    return tr.history[1:]
+    return tr.history[1:steps + 1]
 
 
 class LocalGRPO:
@@ -138,6 +138,7 @@ class LocalGRPO:
 
         from edit_rlhf.algorithms.flow_grpo import group_advantages
         from edit_rlhf.grpo.plan import rank_plan, sample_seeds
+        from edit_rlhf.grpo.records import LearnerShard
 
         cfg, a = self.cfg, self.cfg.algo
         t = time.time()
@@ -151,7 +152,7 @@ class LocalGRPO:
         adv = group_advantages(rewards.reshape(-1), keys, a.std_eps, a.adv_clip_max, a.global_std).numpy()
         adv = np.nan_to_num(adv.reshape(rewards.shape), nan=0.0)
         plan = rank_plan(len(out), a.group_size, adv, 1, a.num_minibatches, cfg.seed, step)
-        self.learner.train_on(plan[0], {g: out[g][1] for mb in plan[0] for g, _, _ in mb})
+        self.learner.train_on(LearnerShard(plan[0], {g: out[g][1] for mb in plan[0] for g, _, _ in mb}))
         self.rollout.set_lora(self.learner.lora_state(), self.learner.version)
         return time.time() - t
 
