@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,21 +116,22 @@ class LocalGRPO:
 
     def __init__(self, cfg):
         from edit_rlhf.actors.reward import RewardWorker
-        from edit_rlhf.distributed import free_port_local
+        from edit_rlhf.ports import free_port
         from edit_rlhf.grpo.learner import GRPOLearner
         from edit_rlhf.grpo.plan import PromptSampler
         from edit_rlhf.grpo.rollout import EditorRollout
-        from edit_rlhf.pipelines.grpo import absolutize, prepare_inputs
+        from edit_rlhf.pipelines.driver import absolutize
+        from edit_rlhf.pipelines.grpo import GRPODriver, prepare_inputs
 
         prepare_inputs(cfg)
-        absolutize(cfg)
+        absolutize(cfg, GRPODriver.path_keys)
         self.cfg = cfg
         splits = {"train": cfg.data.train}
         self.rollout = EditorRollout(cfg, splits, "rollout-local")
         # the reward actor's own class body (its `score` is the work the driver waits for), built without Ray
         self.reward = RewardWorker.__ray_metadata__.modified_class(cfg.reward, splits, "reward-local",
                                                                    cfg.cluster.torch_threads)
-        self.learner = GRPOLearner(cfg, 0, 1, "127.0.0.1", free_port_local())
+        self.learner = GRPOLearner(cfg, 0, 1, "127.0.0.1", free_port())
         self.sampler = PromptSampler(len(self.rollout.data["train"]), cfg.seed)
         self.rollout.set_lora(self.learner.lora_state(), self.learner.version)
 
@@ -334,6 +336,7 @@ def main(argv=None) -> Dict[str, Any]:
     if "vllm" not in skip:
         raw["vllm"] = vllm_vs_hf(a.rrm, a.sandbox, (16, 32), 1 if a.quick else 2, 32 if a.quick else 256)
         line["vllm_over_hf_16"], line["vllm_over_hf_32"] = raw["vllm"]["ratio_16"], raw["vllm"]["ratio_32"]
+    shutil.rmtree(tmp, ignore_errors=True)  # the runs' checkpoints and MLflow store: only the line is kept
     line["seconds"] = round(time.time() - t_all, 1)
     print(json.dumps(line), flush=True)
     if a.out:
