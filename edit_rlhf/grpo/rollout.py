@@ -67,9 +67,9 @@ class EditorRollout:
 
     def fuse(self) -> None:
         """With `lora.fuse_rollout`, merge this actor's own adapter into the base weights: rollouts then run the
-        base layers alone (the unmerged LoRA's two extra matmuls per adapted layer cost ~10-20 % of a tiny
-        model's step, benchmarks/perf_step.py). Costs a CPU copy of the adapted base weights. The learner
-        always trains unmerged."""
+        base layers alone, without the unmerged LoRA's two extra matmuls per adapted layer (what they cost:
+        `sde_over_pipeline` and its unfused twin in benchmarks/perf_step.py). Costs a CPU copy of the adapted base
+        weights. The learner always trains unmerged."""
         if self._base is None and self.cfg.lora.fuse_rollout and self.adapter == ADAPTER:
             self._base = fuse_lora(self.editor.transformer)
 
