@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
-
 from edit_rlhf.models.hf_weights import hf_named_tensors
 
 TRANSPORTS = ("auto", "object_store", "nccl")
