@@ -175,6 +175,9 @@ def main(argv=None) -> dict:
             "with_ties_paired": paired_with_ties(tr["eval_scores"][0]["scores_avg"],
                                                  tr["eval_scores"][-1]["scores_avg"]),
             "curve": [(e["step"], round(e[f"eval/avg{k}/accuracy"], 4)) for e in tr["evals"]]}
+    for tag, e in (("sft", first), ("gcpo", last)):  # the copy-the-source probe (sandbox pairs)
+        if "eval/copy_source/margin" in e:
+            report[f"copy_source_{tag}"] = {k.split("/")[-1]: e[k] for k in e if k.startswith("eval/copy_source/")}
     report["category_sft"] = {k.split("/")[-1]: round(v, 3) for k, v in first.items() if k.startswith("eval/category/")}
     report["category_gcpo"] = {k.split("/")[-1]: round(v, 3) for k, v in last.items() if k.startswith("eval/category/")}
     if "control" in runs:

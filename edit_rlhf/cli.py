@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--config", "-c", default=None, help="YAML config (default configs/sandbox_pretrain.yaml)")
     pt.add_argument("overrides", nargs="*", help="dotted overrides, e.g. editor.steps=500 parts=[vlm]")
     pt.add_argument("--quiet", action="store_true", help="no progress bars")
+    pc = ss.add_parser("perception", help="perception first: teach a sandbox VLM to describe graded candidate edits "
+                                         "(the RRM traces' observation text) before rrm-sft")
+    pc.add_argument("out", help="output folder (a Qwen2.5-VL folder for rrm-sft model.path)")
+    pc.add_argument("--config", "-c", default=None, help="YAML config (e.g. configs/sandbox_perception.yaml)")
+    pc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=500 image_min_pixels=256")
+    pc.add_argument("--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster as a job (wraps `ray job submit`)")
     p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following logs")
@@ -289,6 +295,15 @@ def _dispatch(args) -> int:
 
         run_pretrain(args.out, args.config or default_config_path(), args.overrides, quiet=args.quiet,
                      argv=["edit-rlhf", *sys.argv[1:]])
+        return 0
+    if args.command == "sandbox" and args.sandbox_command == "perception":
+        from edit_rlhf.pipelines.sandbox_base.perception import run_perception
+
+        rec = run_perception(args.out, args.config, args.overrides, quiet=args.quiet, argv=["edit-rlhf", *sys.argv[1:]])
+        last = rec["curve"][-1]
+        print(f"sandbox perception: {rec['steps']} steps in {rec['seconds']:.0f}s -> {args.out} | held-out edited "
+              f"description exact {rec['curve'][0]['edited_exact']:.3f} -> {last['edited_exact']:.3f}, source "
+              f"{rec['curve'][0]['source_exact']:.3f} -> {last['source_exact']:.3f}")
         return 0
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit

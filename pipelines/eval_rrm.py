@@ -31,7 +31,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
     from edit_rlhf.rrm.prompt import RRMPrompt
     from edit_rlhf.rrm_train.data import load_preferences
     from edit_rlhf.pipelines.rrm_generate import generate_on
-    from edit_rlhf.rrm_train.evaluate import evaluate_pairs
+    from edit_rlhf.rrm_train.evaluate import copy_source_probe, evaluate_pairs
     from edit_rlhf.runtime import setup_process
     from edit_rlhf.tracking import Tracker
 
@@ -57,6 +57,9 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
                              cfg.eval.unparsed, cfg.seed)
         m = dict(res["metrics"])
         m["rows_dropped_ties"] = pairs.stats.get("ties_dropped", 0)
+        if cfg.eval.copy_source:  # sandbox pairs (graded): each source scored as its own edit
+            m.update(copy_source_probe(lambda reqs, spec, t: generate_on(pool, reqs, spec, t), prompt, pairs,
+                                       res["scores"], cfg.eval.sampling, cfg.eval.unparsed, cfg.seed))
         per_pair = [{"id": r["id"], "category": r["category"], "score_preferred": s[0], "score_other": s[1],
                      **{k: r[k] for k in ("dimension", "task_type") if k in r}}
                     for r, s in zip(pairs.rows, res["scores"])]
@@ -98,6 +101,9 @@ def summary_line(out: Dict[str, Any]) -> str:
                  f"{m.get('chance_strict', float('nan')):.3f} / 0.5)")
     if "accuracy_macro" in m and not bench:
         parts.append(f"macro over categories {m['accuracy_macro']:.3f}")
+    if "copy_source/margin" in m:
+        parts.append(f"copy-the-source {m['copy_source/score_mean']:.2f} vs correct edits "
+                     f"{m['copy_source/correct_score_mean']:.2f} (margin {m['copy_source/margin']:.2f})")
     parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}",
               f"mlflow run {out['run_id']}"]
     return " | ".join(parts)

@@ -256,7 +256,7 @@ class RRMGCPOTrainer(Driver):
 
     def evaluate(self, step: int, final: bool = False) -> Dict[str, Any]:
         """Held-out pairwise accuracy (greedy verdicts; Avg@k of sampled ones if `eval.avg_k`)."""
-        from edit_rlhf.rrm_train.evaluate import evaluate_pairs
+        from edit_rlhf.rrm_train.evaluate import copy_source_probe, evaluate_pairs
 
         e, timeout = self.cfg.eval, self.cfg.rollout.timeout_s
         self.maintain_pools(timeout)  # every engine alive and on the learner's version
@@ -265,6 +265,10 @@ class RRMGCPOTrainer(Driver):
             raise SyncError(f"eval at step {step}: engine versions {res['versions']} != learner v{self.version}")
         m = {f"eval/{k}": v for k, v in res["metrics"].items()}
         rec = {"step": step, "scores": res["scores"]}
+        if e.copy_source:  # sandbox pairs: the unedited source as its own edit, against the correct edits' scores
+            probe = copy_source_probe(self._generate_on, self.prompt, self.eval, res["scores"], e.sampling,
+                                      e.unparsed, self.cfg.seed, timeout)
+            m.update({f"eval/{k}": v for k, v in probe.items()})
         if e.avg_k:  # Avg@k of sampled verdicts, with the same per-pair seeds at every evaluation
             import dataclasses
 

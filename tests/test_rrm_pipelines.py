@@ -94,6 +94,8 @@ def test_rrm_gcpo_steps_syncs_logs_and_resumes(ray_cluster, sandbox_dir, tmp_pat
         assert m["train/rollout_lp_absdiff_max"] < 2e-4  # ... and scored the sampled traces alike
     for k in ("eval/accuracy", "eval/accuracy_with_ties", "eval/parse_rate", "eval/accuracy_macro"):
         assert k in s["eval_last"]
+    # the copy-the-source probe: each distinct held-out source scored once as its own edit
+    assert 1 <= s["eval_last"]["eval/copy_source/n"] <= 4
     assert os.path.isfile(os.path.join(s["final_hf"], "config.json"))
     # interrupted after step 1, resumed: same MLflow run, steps 2-3 as in the uninterrupted run
     RRMGCPOTrainer(gcpo_cfg(sandbox_dir, tmp_path, "steps=1", f"output_dir={tmp_path}/b"), quiet=True).run()

@@ -3,6 +3,7 @@ and chance levels, GCPO driver maths (diagnostics, rank plans), weight buckets, 
 EditReward-Bench's layout), configs, and the SFT example matching the inference prompt token for token."""
 import io
 import math
+import os
 
 import numpy as np
 import pytest
@@ -349,3 +350,49 @@ def test_oracle_pairwise_metrics_counts_flipped_labels_against_the_oracle():
     r = against_chance_and_oracle(0.7, 0.5, 0.9)
     assert r["of_headroom"] == pytest.approx(0.5) and r["oracle"] == 0.9
     assert "of_headroom" not in against_chance_and_oracle(0.7, 0.5, None)
+
+
+def test_copy_source_probe_scores_each_source_once_against_the_correct_sides(sandbox_dir):
+    """The probe submits every distinct (instruction, source) as its own edit, once; the margin is the mean score of
+    the `correct` sides minus the copies' mean; an unparsable copy is left out of the mean and counted."""
+    from edit_rlhf.rrm.engine import Completion
+    from edit_rlhf.rrm.format import format_verdict
+    from edit_rlhf.rrm_train.data import load_pairs
+    from edit_rlhf.rrm_train.evaluate import copy_source_probe, correct_edit_scores, distinct_sources
+    from edit_rlhf.rrm_train.metrics import copy_source_margin
+
+    class FakePrompt:
+        def text(self, instruction, principles):
+            return instruction
+
+    pairs = load_pairs(os.path.join(sandbox_dir, "pairs_eval")).head(40)
+    sources = distinct_sources(pairs)
+    assert 1 < len(sources) < len(pairs)  # pairs of one prompt share their source
+    assert all("grades" in r for r in pairs.rows)
+    scores = [(9.0, 1.0)] * len(pairs)
+    correct = correct_edit_scores(pairs, scores)
+    n_correct = sum(g == "correct" for r in pairs.rows for g in r["grades"])
+    assert len(correct) == n_correct > 0
+    seen = []
+
+    def generate(reqs, spec, timeout_s):
+        seen.extend(reqs)
+        outs = []
+        for j, r in enumerate(reqs):
+            assert np.array_equal(np.asarray(r.images[0]), np.asarray(r.images[1]))  # the source as its own edit
+            n = len(sources[j][1].principles)
+            text = "garbage" if j == 0 else format_verdict([(f"q{i}", 0) for i in range(n)], 2.0)
+            outs.append([Completion(text)])
+        return outs, {0}
+
+    from edit_rlhf.config.rrm_train import PairEvalConfig
+
+    e = PairEvalConfig()
+    m = copy_source_probe(generate, FakePrompt(), pairs, scores, e.sampling)
+    assert len(seen) == len(sources)
+    exp = 9.0 * sum(r["grades"][0] == "correct" for r in pairs.rows) / n_correct \
+        + 1.0 * sum(r["grades"][1] == "correct" for r in pairs.rows) / n_correct - 2.0
+    assert m["copy_source/n"] == len(sources) and m["copy_source/unscored"] == 1
+    assert m["copy_source/score_mean"] == 2.0 and m["copy_source/margin"] == pytest.approx(exp)
+    assert copy_source_margin([None], [5.0]) == {"n": 1, "unscored": 1, "correct_n": 1, "correct_score_mean": 5.0}
+    assert copy_source_margin([10.0, 0.0], [8.0])["scored_10"] == 0.5

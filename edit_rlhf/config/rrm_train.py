@@ -276,6 +276,7 @@ class PairEvalConfig:
     unparsed: str = "drop"
     avg_k: int = 0  # > 0: each evaluation also reports Avg@k of `avg_temperature` samples (eval/avg<k>/...)
     avg_temperature: float = 1.0
+    copy_source: bool = True  # pairs with sandbox grades: also score each source as its own edit (copy-the-source probe)
 
     def check(self) -> None:
         _choice("unparsed", self.unparsed, {"drop", "lowest"})

@@ -248,6 +248,40 @@ class GatesConfig:
 
 
 @dataclass
+class PerceptionConfig:
+    """`edit-rlhf sandbox perception OUT` (pipelines/sandbox_base/perception.py): describe (source, graded candidate)
+    pairs with the RRM traces' observation text, from a sandbox VLM, with `image_min_pixels` per image (16384:
+    64 visual tokens per 64x64 image; 256: the factory's 16). Chunks of `eval_every` steps, each a fresh AdamW
+    (warmup `warmup_steps` for the first chunk, `rewarmup_steps` after), constant lr."""
+
+    seed: int = 7  # the data stream (per-step RNG [seed, step])
+    init: str = "models/sandbox/vlm"
+    image_min_pixels: int = 16384
+    steps: int = 3500
+    eval_every: int = 500  # 0: evaluate at the start and the end only
+    eval_n: int = 256
+    eval_max_tokens: int = 96
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    rewarmup_steps: int = 20
+    sandbox_seed: int = 0
+    torch_threads: int = 1
+
+    def chunk_sft(self, steps: int, first: bool) -> VLMSFTConfig:
+        return VLMSFTConfig(steps=steps, batch_size=self.batch_size, lr=self.lr, min_lr_ratio=1.0,
+                            warmup_steps=self.warmup_steps if first else self.rewarmup_steps)
+
+    def check(self) -> None:
+        for k in ("steps", "eval_n", "eval_max_tokens", "batch_size", "lr", "image_min_pixels", "torch_threads"):
+            _positive(k, getattr(self, k))
+        for k in ("eval_every", "warmup_steps", "rewarmup_steps"):
+            _positive(k, getattr(self, k), strict=False)
+        if self.image_min_pixels > 256 * 256:
+            raise ValueError(f"image_min_pixels: at most {256 * 256} (a 256x256 image), got {self.image_min_pixels}")
+
+
+@dataclass
 class SandboxPretrainConfig:
     """`edit-rlhf sandbox pretrain OUT`: tiny VAE, Kontext editor (editor SFT) and Qwen2.5-VL (descriptions)."""
 

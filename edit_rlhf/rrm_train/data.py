@@ -188,6 +188,9 @@ def load_pairs(path: str, category_column: Optional[str] = "category", size: int
                      "principles": _principles(raw["principles"], where), "source": raw["source_image"],
                      "winner": raw[win], "loser": raw[lose], "category": category, "where": where,
                      "cols": ("source_image", win, lose)})
+        if "grade_a" in raw and "grade_b" in raw:  # sandbox pairs: (winner's, loser's) candidate grade
+            rows[-1]["grades"] = (str(raw["grade_a" if pref == "a" else "grade_b"]),
+                                  str(raw["grade_b" if pref == "a" else "grade_a"]))
     if not rows:
         raise DatasetError(f"{path}: no usable pair (of {len(ds)} rows, {stats['ties_dropped']} ties)")
     return PairSet(path, rows, stats)

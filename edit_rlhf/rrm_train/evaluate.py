@@ -10,7 +10,7 @@ benchmark authors' `evaluation.py` does.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,3 +80,52 @@ def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = 
     m.update(parse_rate=n_ok / max(1, n_all), k=sampling.n, images_scored=len(todo), trace_length_mean=float(np.mean(lens)) if lens else 0.0,
              seconds=time.time() - t0)
     return {"metrics": m, "scores": scores, "versions": sorted(versions), "samples": samples}
+
+
+
+CORRECT_GRADE = "correct"
+
+
+def distinct_sources(pairs) -> List[Tuple[str, Any]]:
+    """(key, Pair) for the first pair of every distinct (instruction, source image) of a pair set."""
+    import hashlib
+
+    out, seen = [], set()
+    for i in range(len(pairs)):
+        p = pairs[i]
+        key = f"{p.instruction}|{hashlib.sha1(np.ascontiguousarray(p.source).tobytes()).hexdigest()}"
+        if key not in seen:
+            seen.add(key)
+            out.append((key, p))
+    return out
+
+
+def copy_source_requests(prompt, sources: Sequence[Tuple[str, Any]], seed: int) -> List[GenRequest]:
+    """The copy-the-source probe: the source image submitted as its own edit, once per distinct source
+    (`distinct_sources`). An RRM that judges puts it at the bottom of the scale (the sandbox oracle: 0)."""
+    return [GenRequest(prompt.text(p.instruction, p.principles), [p.source, p.source],
+                       seed=sample_seed(seed, "copy_source", key)) for key, p in sources]
+
+
+def correct_edit_scores(pairs, scores: Sequence[Tuple[Optional[float], Optional[float]]]) -> List[Optional[float]]:
+    """The RRM's scores of the pair sides the sandbox graded `correct` (rows carrying `grades`)."""
+    return [sc[side] for row, sc in zip(pairs.rows, scores)
+            for side, g in enumerate(row.get("grades", ())) if g == CORRECT_GRADE]
+
+
+def copy_source_probe(generate: Callable, prompt, pairs, scores, sampling, unparsed: str = "drop", seed: int = 0,
+                      timeout_s: float = None) -> Dict[str, float]:
+    """{'copy_source/...'} figures (`metrics.copy_source_margin`): every distinct source scored as its own edit,
+    against the scores the same evaluation gave the `correct` sides (`scores`: (winner, loser) per pair).
+    {} when the pairs carry no grades (real data)."""
+    from edit_rlhf.rrm_train.metrics import copy_source_margin
+
+    if not any("grades" in r for r in pairs.rows):
+        return {}
+    sources = distinct_sources(pairs)
+    spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                        max_tokens=sampling.max_tokens)
+    comps, _ = generate(copy_source_requests(prompt, sources, seed), spec, timeout_s)
+    copy = [avg_at_k([parse_verdict(c.text, n_expected=len(p.principles)) for c in cs], unparsed)
+            for cs, (_, p) in zip(comps, sources)]
+    return {f"copy_source/{k}": v for k, v in copy_source_margin(copy, correct_edit_scores(pairs, scores)).items()}

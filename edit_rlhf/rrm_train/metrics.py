@@ -59,6 +59,24 @@ def pairwise_metrics(scores_w: Sequence[Optional[float]], scores_l: Sequence[Opt
     return m
 
 
+def copy_source_margin(copy_scores: Sequence[Optional[float]], correct_scores: Sequence[Optional[float]]
+                       ) -> Dict[str, float]:
+    """The copy-the-source probe's figures: mean score of correct edits minus mean score of the unedited source
+    submitted as its edit (`margin`; Edit-R1's RRM must rate a copy far below a correct edit), both means, their
+    counts, and the unscored copies (no parsable verdict: left out of the mean and counted)."""
+    cp = [float(s) for s in copy_scores if _ok(s)]
+    co = [float(s) for s in correct_scores if _ok(s)]
+    out: Dict[str, float] = {"n": len(copy_scores), "unscored": len(copy_scores) - len(cp), "correct_n": len(co)}
+    if cp:
+        out["score_mean"] = float(np.mean(cp))
+        out["scored_10"] = float(np.mean([s >= 10.0 for s in cp]))
+    if co:
+        out["correct_score_mean"] = float(np.mean(co))
+    if cp and co:
+        out["margin"] = out["correct_score_mean"] - out["score_mean"]
+    return out
+
+
 def oracle_pairwise_metrics(pairs: Sequence[Dict]) -> Dict[str, float]:
     """The sandbox oracle's own pairwise figures on preference pairs (rows with `preferred` in {'a', 'b'} and the
     oracle's `score_a` / `score_b`), computed exactly as an RRM's: the ceiling a judge reaches on these labels,

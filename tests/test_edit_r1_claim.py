@@ -1,0 +1,62 @@
+"""benchmarks/edit_r1_claim.py: the recorded claim line, composed from benchmark lines, each figure against its target."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+
+def gcpo_line(seed, sft, gcpo, z, margin=None):
+    d = {"seed": seed, "command": f"learn_rrm_gcpo seed {seed}", "sft_pairwise_accuracy_with_ties": sft,
+         "gcpo_pairwise_accuracy_with_ties": gcpo, "gcpo_pairwise_accuracy": gcpo - 0.1, "chance_strict_gcpo": 0.4,
+         "gcpo_parse_rate": 0.99, "oracle_pairwise_accuracy": 0.89, "with_ties_paired": {"z": z}}
+    if margin is not None:
+        d["copy_source_gcpo"] = {"margin": margin}
+    return d
+
+
+def editor_line(seed, diff, z):
+    return {"seed": seed, "scorer": "rrm", "steps": 30, "eval_prompts": 64, "hacking_gap": {"gap": 0.1},
+            "eval_oracle_score_paired": {"diff": diff, "z": z}, "probe_cost": {"shuffled_source": 1.0}}
+
+
+def test_claim_is_shown_only_when_every_target_is_met_in_both_seeds():
+    from edit_r1_claim import compose
+
+    good = compose([gcpo_line(0, 0.70, 0.78, 2.5, margin=4.0), gcpo_line(1, 0.70, 0.77, 2.1)], None,
+                   [editor_line(0, 0.3, 2.4), editor_line(1, 0.2, 2.1)], {})
+    assert good["claim_shown"] and good["seeds"] == [0, 1]
+    assert good["gcpo_gain_with_ties"] == pytest.approx(0.07) and good["gcpo_gain_z"] == 2.1
+    assert good["editor_oracle_paired_z"] == 2.1 and good["editor_oracle_gain"] == 0.2
+    for k in ("rrm_with_ties", "rrm_strict", "rrm_strict_chance", "oracle_with_ties", "gcpo_gain_with_ties",
+              "gcpo_gain_z", "copy_source_margin", "editor_oracle_gain", "editor_oracle_paired_z", "hacking_gap",
+              "seeds"):
+        assert k in good, k
+    # one seed's GCPO z below 2, and no editor line: not shown, the missing part named and left null
+    bad = compose([gcpo_line(0, 0.70, 0.78, 2.5, margin=4.0), gcpo_line(1, 0.70, 0.72, 1.2)], None, [], {})
+    assert not bad["claim_shown"] and bad["met"]["gcpo_gain_z"] is False
+    assert bad["editor_oracle_paired_z"] is None and bad["met"]["editor_oracle_paired_z"] is None
+    assert "editor_missing" in bad
+    one = compose([gcpo_line(0, 0.70, 0.78, 2.5, margin=4.0)], None, [editor_line(0, 0.3, 2.4)], {})
+    assert one["met"]["gcpo_two_seeds"] is False and not one["claim_shown"]
+
+
+def test_an_eval_rrm_output_supplies_the_judge_and_the_copy_source_margin(tmp_path):
+    from edit_r1_claim import main
+
+    ev = {"model": "models/sandbox/rrm_sft", "metrics": {"accuracy_with_ties": 0.53, "accuracy": 0.14,
+                                                          "chance_strict": 0.21, "parse_rate": 1.0,
+                                                          "copy_source/margin": 2.8, "copy_source/score_mean": 5.9,
+                                                          "copy_source/correct_score_mean": 8.7}}
+    p = tmp_path / "ev.json"
+    p.write_text(json.dumps(ev))
+    c = main(["--rrm-eval", str(p), "--pairs", str(tmp_path / "none"), "--out", str(tmp_path / "claim.json")])
+    assert c["rrm_with_ties"] == 0.53 and c["copy_source_margin"] == 2.8 and c["met"]["copy_source_margin"] is False
+    assert c["met"]["rrm_strict_above_chance"] is False and c["gcpo_gain_z"] is None
+    assert json.load(open(tmp_path / "claim.json"))["claim_shown"] is False
+    with pytest.raises(SystemExit, match="rewarded by the RRM"):
+        from edit_r1_claim import compose
+
+        compose([], None, [dict(editor_line(0, 0.3, 2.4), scorer="oracle")], {})
