@@ -66,6 +66,9 @@ def rrm_part(gcpo: List[Dict[str, Any]], rrm_eval: Optional[Dict[str, Any]]) -> 
             out.update(rrm_with_ties=m["accuracy_with_ties"], rrm_strict=m["accuracy"],
                        rrm_strict_chance=m.get("chance_strict"), rrm_parse_rate=m.get("parse_rate"),
                        rrm_source=f"eval-rrm {rrm_eval.get('model')}")
+        else:  # also a judge of its own (e.g. a later SFT without a GCPO run): its figures beside the GCPO line's
+            out.update(eval_rrm_model=rrm_eval.get("model"), eval_rrm_with_ties=m["accuracy_with_ties"],
+                       eval_rrm_strict=m["accuracy"], eval_rrm_strict_chance=m.get("chance_strict"))
         if out.get("copy_source_margin") is None:
             out["copy_source_margin"] = m.get("copy_source/margin")
             out["copy_source_of"] = f"eval-rrm {rrm_eval.get('model')}"

@@ -60,3 +60,20 @@ def test_an_eval_rrm_output_supplies_the_judge_and_the_copy_source_margin(tmp_pa
         from edit_r1_claim import compose
 
         compose([], None, [dict(editor_line(0, 0.3, 2.4), scorer="oracle")], {})
+
+
+def test_rrm_compare_pairs_each_checkpoint_with_the_first_on_the_same_pairs():
+    from rrm_compare import compare
+
+    def out(scores):
+        return {"model": "m", "metrics": {"accuracy_with_ties": 0.5},
+                "pairs": [{"score_preferred": a, "score_other": b} for a, b in scores]}
+
+    base = out([(5, 5), (5, 5), (1, 9), (5, 5)])      # tie, tie, loss, tie: credit 0.5, 0.5, 0, 0.5
+    new = out([(9, 1), (5, 5), (9, 1), (None, 3)])    # win, tie, win, unscored: 1, 0.5, 1, 0
+    r = compare({"base": base, "new": new})
+    v = r["rrms"]["new"]["with_ties_vs_first"]
+    assert v["up"] == 2 and v["down"] == 1 and v["diff"] == pytest.approx((0.5 + 0 + 1 - 0.5) / 4)
+    assert "with_ties_vs_first" not in r["rrms"]["base"] and r["baseline"] == "base"
+    with pytest.raises(SystemExit, match="not the same set"):
+        compare({"base": base, "short": out([(1, 2)])})
