@@ -163,6 +163,12 @@ def test_result_table_deltas_rows_files_and_metrics(tmp_path):
     # RRM: A = 5 (one failure), B = (7 + 6) / 2, C = 4 -> macro (5 + 6.5 + 4) / 3
     assert base["rrm"]["macro"] == pytest.approx((5 + 6.5 + 4) / 3) and base["rrm"]["failed"] == 1
     assert t["delta_vs_base"]["trained"]["oracle"] == pytest.approx(1.0)
+    # the per-prompt paired comparison with the base editor, and whether it is significant (|z| >= 2)
+    po, pr = t["paired_vs_base"]["trained"]["oracle"], t["paired_vs_base"]["trained"]["rrm"]
+    assert po["diff"] == pytest.approx(1.0) and po["n"] == 5 and po["significant"]
+    assert pr["diff"] == 0.0 and pr["n"] == 4 and pr["dropped"] == 1 and not pr["significant"]
+    assert "oracle +1.00 (paired over 5 prompts" in summary_line(t, 1.0, 5) and "significant at |z| >= 2" in \
+        summary_line(t, 1.0, 5)
     assert "gedit_intersection" in base and base["gedit_intersection"]["O"]["n"] == 2
     rows = table_rows(t)
     assert [r["category"] for r in rows[:4]] == ["macro", "A", "B", "C"] and rows[0]["n"] == 5

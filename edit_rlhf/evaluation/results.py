@@ -101,9 +101,34 @@ def build_table(records: Sequence[dict], editors: Sequence[str], present: Dict[s
                   if k in ("SC", "PQ", "O", "rrm", "oracle", "rrm_micro", "oracle_micro")
                   and math.isfinite(heads[e][k] - heads[base][k])}
               for e in editors[1:]}
+    paired = {e: paired_vs(records, base, e, present) for e in editors[1:]}
     return {"editors": list(editors), "categories": cats, "metrics": [m for m in METRICS if present.get(m)],
             **({"language": langs[0]} if langs and langs[0] else {}),
-            "headline": heads, "delta_vs_" + base: deltas, "per_editor": per, **({"meta": meta} if meta else {})}
+            "headline": heads, "delta_vs_" + base: deltas, "paired_vs_" + base: paired, "per_editor": per,
+            **({"meta": meta} if meta else {})}
+
+
+SIGNIFICANT_Z = 2.0
+
+
+def paired_vs(records: Sequence[dict], base: str, editor: str, present: Dict[str, bool]) -> Dict[str, Any]:
+    """Per-prompt paired comparison of `editor` with `base` on the oracle and RRM scores (same prompts and seeds:
+    the records of both editors matched by (id, index)): mean difference, its standard error, z over the prompts
+    both scored, and `significant` = |z| >= 2. {} for a metric the evaluation did not score."""
+    from edit_rlhf.stats import paired_prompts
+
+    out: Dict[str, Any] = {}
+    key = lambda r: (r["id"], r.get("index"))
+    b = {key(r): r for r in records if r["editor"] == base}
+    t = {key(r): r for r in records if r["editor"] == editor}
+    common = [k for k in t if k in b]
+    for m in ("oracle", "rrm"):
+        if not present.get(m) or len(common) < 2:
+            continue
+        p = paired_prompts([_v(t[k][m]) for k in common], [_v(b[k][m]) for k in common])
+        p["significant"] = bool(not math.isnan(p["z"]) and abs(p["z"]) >= SIGNIFICANT_Z)
+        out[m] = p
+    return out
 
 
 def _split_by_language(records, editors, present, meta, langs) -> Dict[str, Any]:
@@ -226,9 +251,17 @@ def _editor_parts(table: Dict[str, Any]) -> List[str]:
         parts.append(" ".join(s))
     for key, deltas in table.items():
         if key.startswith("delta_vs_"):
+            paired = table.get("paired_vs_" + key[9:], {})
             for e, d in deltas.items():
-                ds = ", ".join(f"{k} {d[k]:+.2f}" for k in ("O", "rrm", "oracle")
-                               if k in d and math.isfinite(d[k]))
+                ds = ", ".join(f"{k} {d[k]:+.2f}" + _significance(paired.get(e, {}).get(k))
+                               for k in ("O", "rrm", "oracle") if k in d and math.isfinite(d[k]))
                 if ds:
                     parts.append(f"{e} - {key[9:]}: {ds}")
     return parts
+
+
+def _significance(p: Optional[Dict[str, Any]]) -> str:
+    if not p or math.isnan(p.get("z", math.nan)):
+        return ""
+    return (f" (paired over {p['n']} prompts: {p['diff']:+.2f} ± {p['se']:.2f}, z {p['z']:.1f}, "
+            f"{'significant' if p['significant'] else 'not significant'} at |z| >= {SIGNIFICANT_Z:g})")

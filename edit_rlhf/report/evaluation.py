@@ -39,6 +39,11 @@ def headline_rows(table: Dict[str, Any]) -> List[Dict[str, Any]]:
         if d:
             r["Δ vs " + base] = ", ".join(f"{k} {v:+.2f}" for k, v in d.items()
                                           if k in ("O", "rrm", "oracle") and math.isfinite(v))
+        paired = table.get(f"paired_vs_{base}", {}).get(e, {})
+        if paired:  # per-prompt paired z, and the verdict the report states
+            r["paired vs " + base] = ", ".join(
+                f"{k} z {p['z']:.1f} ({'significant' if p['significant'] else 'not significant'})"
+                for k, p in paired.items() if not math.isnan(p["z"]))
         rows.append(r)
     return rows
 
