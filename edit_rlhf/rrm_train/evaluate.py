@@ -6,6 +6,7 @@ temperature 0 is greedy). The caller runs the requests on its engines (pipelines
 Rows that name their images (`image_keys`, EditReward-Bench: one row per (pair, dimension), so each image
 appears in up to three rows) have each distinct (image, prompt) scored once and its score reused, as the
 benchmark authors' `evaluation.py` does.
+On graded (sandbox) pairs `copy_source_probe` also scores each distinct source submitted as its own edit.
 """
 from __future__ import annotations
 
@@ -80,7 +81,6 @@ def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = 
     m.update(parse_rate=n_ok / max(1, n_all), k=sampling.n, images_scored=len(todo), trace_length_mean=float(np.mean(lens)) if lens else 0.0,
              seconds=time.time() - t0)
     return {"metrics": m, "scores": scores, "versions": sorted(versions), "samples": samples}
-
 
 
 CORRECT_GRADE = "correct"
