@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the other benchmark scripts (common, learn_rrm_gcpo)
+
 TARGETS = {"rrm_with_ties": 0.75, "rrm_parse_rate": 0.98, "copy_source_margin": 3.0, "gcpo_gain_with_ties": 0.05,
            "gcpo_gain_z": 2.0, "editor_oracle_paired_z": 2.0}
 
@@ -136,18 +138,14 @@ def main(argv=None) -> Dict[str, Any]:
     c = compose([_load(p) for p in a.gcpo], _load(a.rrm_eval) if a.rrm_eval else None, [_load(p) for p in a.editor],
                 {"gcpo": a.gcpo, "rrm_eval": a.rrm_eval, "editor": a.editor, "note": a.note})
     if c.get("oracle_with_ties") is None and os.path.isdir(a.pairs):  # lines recorded before the oracle figure
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from learn_rrm_gcpo import oracle_figures
 
         c["oracle_with_ties"] = oracle_figures(a.pairs, 256).get("accuracy")
         c["oracle_with_ties_of"] = f"{a.pairs} (first 256 pairs; the oracle never ties)"
     c["command"] = " ".join(["python", *sys.argv] if argv is None else ["edit_r1_claim.main", *argv])
-    print(json.dumps(c, default=str))
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(c, f, indent=1, default=str)
-    return c
+    from common import emit
+
+    return emit(c, a.out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import tempfile
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/common.py
 
 KEYS = ("pairs", "accuracy_with_ties", "accuracy", "chance_strict", "tie_rate", "parse_rate", "accuracy_macro",
         "copy_source/margin", "copy_source/score_mean", "copy_source/correct_score_mean")
@@ -81,12 +82,9 @@ def main(argv=None) -> Dict[str, Any]:
     rep = compare(named)
     rep.update(command=" ".join(["python", *sys.argv] if argv is None else ["rrm_compare.main", *argv]),
                config=a.config, note=a.note)
-    print(json.dumps(rep, default=str))
-    if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(rep, f, indent=1, default=str)
-    return rep
+    from common import emit
+
+    return emit(rep, a.out)
 
 
 if __name__ == "__main__":

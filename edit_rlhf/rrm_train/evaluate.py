@@ -58,8 +58,7 @@ def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = 
     (pipelines/rrm_generate.py:generate_on over a pool)."""
     t0 = time.time()
     reqs = list(requests) if requests is not None else pair_eval_requests(prompt, pairs, seed)
-    spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                        max_tokens=sampling.max_tokens)
+    spec = SamplingSpec.from_config(sampling)
     todo, where = shared_requests(pairs.rows, reqs)
     distinct, versions = generate([reqs[j] for j in todo], spec, timeout_s)
     comps = [distinct[w] for w in where]
@@ -123,8 +122,7 @@ def copy_source_probe(generate: Callable, prompt, pairs, scores, sampling, unpar
     if not any("grades" in r for r in pairs.rows):
         return {}
     sources = distinct_sources(pairs)
-    spec = SamplingSpec(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                        max_tokens=sampling.max_tokens)
+    spec = SamplingSpec.from_config(sampling)
     comps, _ = generate(copy_source_requests(prompt, sources, seed), spec, timeout_s)
     copy = [avg_at_k([parse_verdict(c.text, n_expected=len(p.principles)) for c in cs], unparsed)
             for cs, (_, p) in zip(comps, sources)]
