@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--config", "-c", default=None, help="YAML config (e.g. configs/sandbox_perception.yaml)")
     pc.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=500 image_min_pixels=256")
     pc.add_argument("--quiet", action="store_true", help="no progress lines")
+    pv = ss.add_parser("vision", help="vision warm-up: train a sandbox VLM's vision tower to see shapes and defects "
+                                      "(a throwaway attribute head) before rrm-sft")
+    pv.add_argument("out", help="output folder (the init model with its new vision tower, for rrm-sft model.path)")
+    pv.add_argument("--config", "-c", default=None, help="YAML config (e.g. configs/sandbox_vision.yaml)")
+    pv.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=2000 init=models/sandbox/vlm")
+    pv.add_argument("--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster as a job (wraps `ray job submit`)")
     p.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS", "http://127.0.0.1:8265"))
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following logs")
@@ -304,6 +310,16 @@ def _dispatch(args) -> int:
         print(f"sandbox perception: {rec['steps']} steps in {rec['seconds']:.0f}s -> {args.out} | held-out edited "
               f"description exact {rec['curve'][0]['edited_exact']:.3f} -> {last['edited_exact']:.3f}, source "
               f"{rec['curve'][0]['source_exact']:.3f} -> {last['source_exact']:.3f}")
+        return 0
+    if args.command == "sandbox" and args.sandbox_command == "vision":
+        from edit_rlhf.pipelines.sandbox_base.vision import run_vision_warmup
+
+        rec = run_vision_warmup(args.out, args.config, args.overrides, quiet=args.quiet,
+                                argv=["edit-rlhf", *sys.argv[1:]])
+        a, b = rec["curve"][0], rec["curve"][-1]
+        print(f"sandbox vision: {rec['steps']} steps in {rec['seconds']:.0f}s -> {args.out} | held-out shapes exact "
+              f"{a['shapes_exact']:.3f} -> {b['shapes_exact']:.3f}, defect {a['defect/accuracy']:.3f} -> "
+              f"{b['defect/accuracy']:.3f} (majority {b['defect/majority']:.3f})")
         return 0
     if args.command == "submit":
         from edit_rlhf.cluster.submit import submit

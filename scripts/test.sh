@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
-exec .venv/bin/python -m pytest -q "$@" tests
+exec .venv/bin/python -m pytest -q --durations=20 "$@" tests

@@ -236,6 +236,37 @@ class VLMPretrainConfig:
 
 
 @dataclass
+class VisionWarmupConfig:
+    """`edit-rlhf sandbox vision OUT` (pipelines/sandbox_base/vision.py): train a sandbox VLM's vision tower with a
+    linear attribute head that is then discarded (per shape kind: absent or its colour; the image defect), on
+    scenes drawn fresh every step, a `degraded_frac` of them blurred / noisy / colour-cast. The language model and
+    the processor are left as they are. Cosine lr after `warmup_steps`, floor `min_lr_ratio`."""
+
+    init: str = "models/sandbox/rrm_sft"  # configs/sandbox_vision.yaml: the stage-3 SFT output
+    seed: int = 0  # the data stream (per-step RNG [seed, step]) and the head's initialisation
+    steps: int = 12000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    degraded_frac: float = 0.5
+    eval_every: int = 2000  # 0: evaluate at the start and the end only
+    eval_n: int = 500
+    eval_seed: int = 5
+    torch_threads: int = 1
+
+    def check(self) -> None:
+        for k in ("steps", "batch_size", "lr", "eval_n", "torch_threads"):
+            _positive(k, getattr(self, k))
+        for k in ("warmup_steps", "eval_every", "weight_decay"):
+            _positive(k, getattr(self, k), strict=False)
+        for k in ("degraded_frac", "min_lr_ratio"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ValueError(f"{k}: must be in [0, 1], got {getattr(self, k)}")
+
+
+@dataclass
 class GatesConfig:
     """Quality gates on held-out data (recorded in the manifest; the pre-training fails if one is missed)."""
 
