@@ -7,34 +7,54 @@ import pytest
 import torch
 
 from edit_rlhf.pipelines.sandbox_base.vision import (DEFECTS, AttributeHead, attribute_accuracy, attribute_targets,
-                                                     run_vision_warmup, sample_images)
-from edit_rlhf.sandbox.scene import SHAPE_COLORS, Scene, Shape
+                                                     candidate_pool, run_vision_warmup, sample_images, scene_seen,
+                                                     target_sizes)
+from edit_rlhf.sandbox.scene import BACKGROUNDS, LOCATIONS, SHAPE_COLORS, Scene, Shape
 
 
-def test_targets_name_each_kind_absent_or_its_colour_and_the_defect():
-    colors = list(SHAPE_COLORS)
-    s = Scene("white", [Shape("circle", "red", 20, 20, 8), Shape("triangle", "blue", 44, 44, 8)])
-    y = attribute_targets([s, Scene("black", [Shape("square", "green", 30, 30, 9)])], ["noise", "none"])
-    assert y.tolist() == [[1 + colors.index("red"), 0, 1 + colors.index("blue"), DEFECTS.index("noise")],
-                          [0, 1 + colors.index("green"), 0, 0]]
+def test_targets_name_each_kind_absent_or_its_colours_and_place_then_background_and_defect():
+    colors, bgs = list(SHAPE_COLORS), list(BACKGROUNDS)
+    s = Scene("white", [Shape("circle", "red", 12, 12, 8), Shape("triangle", "blue", 50, 50, 8)])
+    half = {"background": "black", "defects": ["noisy"],
+            "shapes": [{"kind": "square", "color": "green", "color2": "red", "cx": 32, "cy": 32},
+                       {"kind": "circle", "color": None, "color2": None, "cx": None, "cy": None}]}  # circle gone
+    y = attribute_targets([scene_seen(s, "blur"), half])
+    assert y.shape == (2, len(target_sizes())) and len(target_sizes()) == 11
+    assert y[0].tolist() == [1 + colors.index("red"), 0, 1 + LOCATIONS.index("top left"), 0, 0, 0,
+                             1 + colors.index("blue"), 0, 1 + LOCATIONS.index("bottom right"),
+                             bgs.index("white"), DEFECTS.index("blur")]
+    assert y[1].tolist() == [0, 0, 0, 1 + colors.index("green"), 1 + colors.index("red"), 1 + LOCATIONS.index("centre"),
+                             0, 0, 0, bgs.index("black"), DEFECTS.index("noise")]
 
 
 def test_sample_images_degrades_about_the_asked_fraction_and_repeats_per_seed():
-    ims, scenes, defects = sample_images(np.random.default_rng([0, 3]), 200, 0.5)
-    assert 0.35 < np.mean([d != "none" for d in defects]) < 0.65 and set(defects) == set(DEFECTS)
+    ims, seens = sample_images(np.random.default_rng([0, 3]), 200, 0.5)
+    defects = attribute_targets(seens)[:, -1]
+    assert 0.35 < float((defects > 0).float().mean()) < 0.65 and set(defects.tolist()) == {0, 1, 2, 3}
     again = sample_images(np.random.default_rng([0, 3]), 200, 0.5)
-    assert np.array_equal(ims[7], again[0][7]) and defects == again[2]
-    assert all(d == "none" for d in sample_images(np.random.default_rng(1), 20, 0.0)[2])
+    assert np.array_equal(ims[7], again[0][7]) and seens == again[1]
+    assert all(not s["defects"] for s in sample_images(np.random.default_rng(1), 20, 0.0)[1])
+
+
+def test_candidate_pool_targets_come_from_what_the_oracle_sees():
+    images, seens = candidate_pool(200, seed=0)
+    assert len(images) == 200 and images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+    y = attribute_targets(seens)
+    assert (y[:, [1, 4, 7]] > 0).any(), "some half-recoloured shape among 200 graded edits (6 with seed 0)"
+    assert (y[:, -1] > 0).any(), "some degraded edit"
+    assert candidate_pool(3, seed=0)[1] == seens[:3]
 
 
 def test_accuracy_reports_each_attribute_beside_its_majority():
-    y = torch.tensor([[1, 0, 0, 0], [2, 3, 0, 1], [0, 3, 4, 0]])
-    head = AttributeHead(4, 3, len(SHAPE_COLORS))
+    y = attribute_targets([scene_seen(Scene("white", [Shape("circle", "red", 12, 12, 8)]), "none"),
+                           scene_seen(Scene("gray", [Shape("circle", "blue", 12, 12, 8)]), "noise"),
+                           scene_seen(Scene("white", [Shape("square", "red", 40, 40, 8)]), "none")])
+    head = AttributeHead(4, target_sizes())
     r = attribute_accuracy(head, torch.randn(3 * 5, 4), y)
-    for k in ("circle_present", "square_color", "triangle_present", "defect"):
+    for k in ("circle_present", "circle_color", "circle_place", "square_present", "background", "defect"):
         assert 0 <= r[f"{k}/accuracy"] <= 1 and 0 < r[f"{k}/majority"] <= 1
     assert r["defect/majority"] == pytest.approx(2 / 3, abs=1e-3) and r["circle_color/majority"] == 0.5
-    assert "triangle_color/accuracy" in r and 0 <= r["shapes_exact"] <= 1
+    assert "triangle_color/accuracy" not in r and 0 <= r["shapes_exact"] <= 1
 
 
 def test_warmup_trains_the_vision_tower_only(tiny_models, tmp_path):
@@ -42,7 +62,8 @@ def test_warmup_trains_the_vision_tower_only(tiny_models, tmp_path):
 
     out = str(tmp_path / "vision")
     rec = run_vision_warmup(out, None, [f"init={tiny_models['rrm']}", "steps=3", "batch_size=4", "eval_n=8",
-                                        "eval_every=0", "warmup_steps=1"], quiet=True)
+                                        "eval_every=0", "warmup_steps=1", "candidate_frac=0.5",
+                                        "candidate_pool=8"], quiet=True)
     before = AutoModelForImageTextToText.from_pretrained(tiny_models["rrm"]).state_dict()
     after = AutoModelForImageTextToText.from_pretrained(out).state_dict()
     assert before.keys() == after.keys()
@@ -54,6 +75,7 @@ def test_warmup_trains_the_vision_tower_only(tiny_models, tmp_path):
         saved = json.load(f)
     assert [c["step"] for c in saved["curve"]] == [0, 3] == [c["step"] for c in rec["curve"]]
     assert saved["curve"][-1]["train_loss"] > 0 and "defect/accuracy" in saved["curve"][-1]
+    assert "candidates/shapes_exact" in saved["curve"][-1]
 
 
 def test_bad_settings_are_named(tmp_path):

@@ -250,7 +250,9 @@ class VisionWarmupConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
-    degraded_frac: float = 0.5
+    degraded_frac: float = 0.5  # of the fresh scenes
+    candidate_frac: float = 0.0  # of each batch: graded candidate edits (partial, over-edit, moved, ...) from a pool
+    candidate_pool: int = 4000  # candidate edits generated once (the oracle's `seen` of each is its target)
     eval_every: int = 2000  # 0: evaluate at the start and the end only
     eval_n: int = 500
     eval_seed: int = 5
@@ -261,7 +263,8 @@ class VisionWarmupConfig:
             _positive(k, getattr(self, k))
         for k in ("warmup_steps", "eval_every", "weight_decay"):
             _positive(k, getattr(self, k), strict=False)
-        for k in ("degraded_frac", "min_lr_ratio"):
+        _positive("candidate_pool", self.candidate_pool)
+        for k in ("degraded_frac", "min_lr_ratio", "candidate_frac"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ValueError(f"{k}: must be in [0, 1], got {getattr(self, k)}")
 

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .vlm import load_init
+
 OFFSET_TRAIN = 200000   # on-the-fly prompt indices: far above any built dataset's n_train
 OFFSET_EVAL = 5000
 _SE = re.compile(r"source: (.*?)\. edited: (.*?)\.?$", re.S)
@@ -96,7 +98,6 @@ def set_image_tokens(processor, min_pixels: int) -> None:
 def run_perception(out: str, config_path: Optional[str], overrides: List[str], quiet: bool = False,
                    argv: Optional[List[str]] = None) -> Dict[str, Any]:
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from edit_rlhf.config import load_config
     from edit_rlhf.config.sft import PerceptionConfig
@@ -108,13 +109,10 @@ def run_perception(out: str, config_path: Optional[str], overrides: List[str], q
 
     cfg = load_config(PerceptionConfig, config_path, overrides)
     setup_process(cfg.torch_threads)
-    if not os.path.isfile(os.path.join(cfg.init, "config.json")):
-        raise SystemExit(f"sandbox perception: init={cfg.init!r} is not a model folder (no config.json)")
     t0 = time.time()
+    model, proc = load_init(cfg.init, "sandbox perception")
     sb = SandboxConfig(seed=cfg.sandbox_seed)
     evals = held_out(sb, cfg.eval_n)
-    model = AutoModelForImageTextToText.from_pretrained(cfg.init)
-    proc = AutoProcessor.from_pretrained(cfg.init)
     set_image_tokens(proc, cfg.image_min_pixels)
     torch.manual_seed(cfg.seed)
     model, _ = prepare_model(model, "full")

@@ -9,9 +9,12 @@ thousand steps its shape presence and defect readings come close to the labels.
 
 `edit-rlhf sandbox vision OUT` does that, as a vision encoder is pre-trained before a VLM is assembled: a linear
 head on every visual token (the merger's output, what the language model receives), max-pooled over the image's
-tokens, predicts per shape kind "absent" or its colour, and the image's defect (none / blur / noise / cast). Scenes
-are drawn fresh every step (`sandbox.scene.sample_scene`, a `degraded_frac` of them degraded by
-`sandbox.candidates.degrade`). Only the vision tower and the head train; the head is discarded, and OUT is the
+tokens, predicts per shape kind "absent" or its colour, its second colour (a half-recoloured shape) and its place
+(one of nine zones), the background, and the image's defect (none / blur / noise / cast). Scenes are drawn fresh
+every step (`sandbox.scene.sample_scene`, a `degraded_frac` of them degraded by `sandbox.candidates.degrade`);
+a `candidate_frac` of each batch comes from a pool of the sandbox's graded candidate edits (partial, over-edit,
+wrong object, moved, resized, degraded, ...) whose targets are what the oracle sees in them (`oracle.verify`'s
+`seen`). Only the vision tower and the head train; the head is discarded, and OUT is the
 init model with its new vision tower - same architecture, same processor, the language model bit for bit.
 The RRM SFT (`rrm-sft`, model.path=OUT) then teaches the language model to read the new visual tokens.
 OUT/vision.json records the held-out attribute accuracies (beside their majority rates) along the way.
@@ -27,53 +30,101 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .vlm import load_init
+
 DEFECTS = ("none", "blur", "noise", "cast")
+_DEFECT_WORDS = {"blurry": "blur", "noisy": "noise", "colour cast": "cast"}  # the oracle's words (oracle._seen)
 
 
-def attribute_targets(scenes: Sequence[Any], defects: Sequence[str]) -> torch.Tensor:
-    """(N, kinds + 1) long: per shape kind (SHAPE_KINDS order) 0 = absent, else 1 + its SHAPE_COLORS index;
-    the last column the DEFECTS index."""
-    from edit_rlhf.sandbox.scene import SHAPE_COLORS, SHAPE_KINDS
+def scene_seen(scene, defect: str = "none") -> Dict[str, Any]:
+    """What the oracle would see in a clean render of `scene` (+ `defect`), in `oracle.verify`'s `seen` layout."""
+    return {"background": scene.background, "defects": [defect] if defect != "none" else [],
+            "shapes": [{"kind": sh.kind, "color": sh.color, "color2": None, "cx": sh.cx, "cy": sh.cy}
+                       for sh in scene.shapes]}
+
+
+def target_sizes() -> List[int]:
+    """Classes per target column: per shape kind its colour, its second colour (0 = absent / none), its location
+    (0 = absent, else 1 + LOCATIONS index); then the background and the defect."""
+    from edit_rlhf.sandbox.scene import BACKGROUNDS, LOCATIONS, SHAPE_COLORS, SHAPE_KINDS
+
+    per_kind = [len(SHAPE_COLORS) + 1, len(SHAPE_COLORS) + 1, len(LOCATIONS) + 1]
+    return per_kind * len(SHAPE_KINDS) + [len(BACKGROUNDS), len(DEFECTS)]
+
+
+def attribute_targets(seens: Sequence[Dict[str, Any]], size: int = 64) -> torch.Tensor:
+    """(N, columns of `target_sizes()`) long, from `seen` dicts (`scene_seen`, or the oracle's `seen` of a graded
+    candidate edit: half-recoloured shapes have a second colour, moved shapes their new place)."""
+    from edit_rlhf.sandbox.scene import BACKGROUNDS, LOCATIONS, SHAPE_COLORS, SHAPE_KINDS, location_word
 
     colors = list(SHAPE_COLORS)
-    y = torch.zeros(len(scenes), len(SHAPE_KINDS) + 1, dtype=torch.long)
-    for i, (s, d) in enumerate(zip(scenes, defects)):
-        for sh in s.shapes:
-            y[i, SHAPE_KINDS.index(sh.kind)] = 1 + colors.index(sh.color)
-        y[i, -1] = DEFECTS.index(d)
+    y = torch.zeros(len(seens), len(target_sizes()), dtype=torch.long)
+    for i, seen in enumerate(seens):
+        for sh in seen["shapes"]:
+            if sh.get("color") not in SHAPE_COLORS:
+                continue  # not seen (gone, or too little of it)
+            j = 3 * SHAPE_KINDS.index(sh["kind"])
+            y[i, j] = 1 + colors.index(sh["color"])
+            if sh.get("color2") in SHAPE_COLORS:
+                y[i, j + 1] = 1 + colors.index(sh["color2"])
+            if sh.get("cx") is not None:
+                y[i, j + 2] = 1 + LOCATIONS.index(location_word(sh["cx"], sh["cy"], size))
+        bg = seen["background"]
+        y[i, -2] = list(BACKGROUNDS).index(bg) if bg in BACKGROUNDS else 0
+        words = [_DEFECT_WORDS.get(d, d) for d in seen.get("defects", [])]
+        y[i, -1] = DEFECTS.index(words[0]) if words and words[0] in DEFECTS else 0
     return y
 
 
 def sample_images(rng: np.random.Generator, n: int, degraded_frac: float, size: int = 64
-                  ) -> Tuple[List[np.ndarray], List[Any], List[str]]:
-    """`n` fresh scenes, rendered; each degraded (a random defect) with probability `degraded_frac`."""
+                  ) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+    """`n` fresh scenes, rendered, each degraded (a random defect) with probability `degraded_frac`; their `seen`."""
     from edit_rlhf.sandbox.candidates import degrade
     from edit_rlhf.sandbox.scene import render, sample_scene
 
-    images, scenes, defects = [], [], []
+    images, seens = [], []
     for _ in range(n):
         s = sample_scene(rng, size)
         d = DEFECTS[1 + int(rng.integers(3))] if rng.random() < degraded_frac else "none"
         img = render(s)
         images.append(img if d == "none" else degrade(rng, img, d))
-        scenes.append(s)
-        defects.append(d)
-    return images, scenes, defects
+        seens.append(scene_seen(s, d))
+    return images, seens
+
+
+def candidate_pool(n: int, seed: int, offset: int = 300000) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+    """`n` graded candidate edits of fresh sandbox train-split prompts (indices from `offset`: disjoint from built
+    datasets and from the perception stage's), a grade drawn uniformly from the feasible ones, with what the
+    oracle sees in each (`verify(...).detail['seen']`)."""
+    from edit_rlhf.sandbox.build import make_prompt
+    from edit_rlhf.sandbox.candidates import feasible_grades, make_candidate
+    from edit_rlhf.sandbox.config import SandboxConfig
+    from edit_rlhf.sandbox.oracle import verify
+
+    sb = SandboxConfig(seed=seed)
+    rng = np.random.default_rng([seed, 17])
+    images, seens = [], []
+    for i in range(n):
+        p = make_prompt(sb, "train", offset + i)
+        grades = feasible_grades(p["scene"], p["edit"])
+        img = make_candidate(rng, p["scene"], p["edit"], grades[int(rng.integers(len(grades)))])
+        images.append(img)
+        seens.append(verify(p["scene"], p["edit"], p["principles"], img).detail["seen"])
+    return images, seens
 
 
 class AttributeHead(torch.nn.Module):
-    """Linear per visual token, max-pooled over each image's tokens: (N*T, D) -> per kind (N, kinds, colours+1)
-    and defect (N, len(DEFECTS)) logits."""
+    """Linear per visual token, max-pooled over each image's tokens: (N*T, D) -> one logit block per target
+    column of `target_sizes()`."""
 
-    def __init__(self, hidden: int, kinds: int, colors: int):
+    def __init__(self, hidden: int, sizes: Sequence[int]):
         super().__init__()
-        self.kinds, self.classes = kinds, colors + 1
-        self.linear = torch.nn.Linear(hidden, kinds * self.classes + len(DEFECTS))
+        self.sizes = list(sizes)
+        self.linear = torch.nn.Linear(hidden, sum(self.sizes))
 
-    def forward(self, tokens: torch.Tensor, n_images: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, n_images: int) -> List[torch.Tensor]:
         pooled = self.linear(tokens.reshape(n_images, -1, tokens.shape[-1])).max(1).values
-        k = self.kinds * self.classes
-        return pooled[:, :k].reshape(n_images, self.kinds, self.classes), pooled[:, k:]
+        return list(pooled.split(self.sizes, dim=1))
 
 
 def visual_tokens(visual, processor, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -83,32 +134,34 @@ def visual_tokens(visual, processor, images: Sequence[np.ndarray]) -> torch.Tens
 
 
 def head_loss(head: AttributeHead, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    shapes, defect = head(tokens, len(y))
-    ce = torch.nn.functional.cross_entropy
-    return ce(shapes.reshape(-1, head.classes), y[:, :-1].reshape(-1)) + ce(defect, y[:, -1])
+    return sum(torch.nn.functional.cross_entropy(lo, y[:, j]) for j, lo in enumerate(head(tokens, len(y))))
 
 
 def attribute_accuracy(head: AttributeHead, tokens: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
-    """Held-out accuracy per attribute beside its majority rate: `<kind>_present`, `<kind>_color` (over images
-    with that kind), `defect`, and `shapes_exact` (every kind's presence and colour right)."""
+    """Held-out accuracy per attribute beside its majority rate: `<kind>_present`, `<kind>_color`,
+    `<kind>_color2` and `<kind>_place` (over images where the kind is seen), `background`, `defect`, and
+    `shapes_exact` (every kind's presence and colour right)."""
     from edit_rlhf.sandbox.scene import SHAPE_KINDS
 
     with torch.no_grad():
-        shapes, defect = head(tokens, len(y))
-    ps, pd = shapes.argmax(-1), defect.argmax(-1)
+        pred = torch.stack([lo.argmax(-1) for lo in head(tokens, len(y))], 1)
     out: Dict[str, float] = {}
 
-    def put(name: str, pred: torch.Tensor, gold: torch.Tensor) -> None:
+    def put(name: str, p: torch.Tensor, gold: torch.Tensor) -> None:
         if len(gold):
-            out[f"{name}/accuracy"] = round(float((pred == gold).float().mean()), 4)
+            out[f"{name}/accuracy"] = round(float((p == gold).float().mean()), 4)
             out[f"{name}/majority"] = round(float(torch.bincount(gold).max()) / len(gold), 4)
 
     for i, k in enumerate(SHAPE_KINDS):
-        put(f"{k}_present", (ps[:, i] > 0).long(), (y[:, i] > 0).long())
-        has = y[:, i] > 0
-        put(f"{k}_color", ps[has, i], y[has, i])
-    put("defect", pd, y[:, -1])
-    out["shapes_exact"] = round(float((ps == y[:, :-1]).all(1).float().mean()), 4)
+        c = 3 * i
+        put(f"{k}_present", (pred[:, c] > 0).long(), (y[:, c] > 0).long())
+        has = y[:, c] > 0
+        for name, j in (("color", c), ("color2", c + 1), ("place", c + 2)):
+            put(f"{k}_{name}", pred[has, j], y[has, j])
+    put("background", pred[:, -2], y[:, -2])
+    put("defect", pred[:, -1], y[:, -1])
+    cols = [3 * i for i in range(len(SHAPE_KINDS))]
+    out["shapes_exact"] = round(float((pred[:, cols] == y[:, cols]).all(1).float().mean()), 4)
     return out
 
 
@@ -121,33 +174,47 @@ def lr_at(step: int, cfg) -> float:
 def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, Any]]:
     """Train `model`'s vision tower (and a fresh AttributeHead) for `cfg.steps` steps; returns the held-out curve.
     Every parameter outside the tower keeps requires_grad as it was and receives no update."""
-    from edit_rlhf.sandbox.scene import SHAPE_COLORS, SHAPE_KINDS
     from edit_rlhf.vlm.attention import batched_vision_attention
     from edit_rlhf.vlm.sft import vision_tower
 
     visual = vision_tower(model)
     torch.manual_seed(cfg.seed)
-    head = AttributeHead(model.config.text_config.hidden_size, len(SHAPE_KINDS), len(SHAPE_COLORS))
+    head = AttributeHead(model.config.text_config.hidden_size, target_sizes())
     params = list(visual.parameters()) + list(head.parameters())
     for p in visual.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
-    ev_images, ev_scenes, ev_defects = sample_images(np.random.default_rng([cfg.eval_seed, 1]), cfg.eval_n,
-                                                     cfg.degraded_frac)
-    y_ev = attribute_targets(ev_scenes, ev_defects)
     t0 = time.time()
+    evals = {"": sample_images(np.random.default_rng([cfg.eval_seed, 1]), cfg.eval_n, cfg.degraded_frac)}
+    pool: Tuple[List[np.ndarray], List[Dict[str, Any]]] = ([], [])
+    if cfg.candidate_frac > 0:
+        evals["candidates/"] = candidate_pool(cfg.eval_n, cfg.eval_seed, offset=400000)
+        pool = candidate_pool(cfg.candidate_pool, cfg.seed)
+        say(f"{cfg.candidate_pool} training and {cfg.eval_n} held-out candidate edits in {time.time() - t0:.0f}s")
+    y_evals = {k: attribute_targets(v[1]) for k, v in evals.items()}
     curve: List[Dict[str, Any]] = []
 
     def evaluate(step: int, loss: Optional[float]) -> None:
         visual.eval()
-        with torch.no_grad():
-            tok = torch.cat([visual_tokens(visual, processor, ev_images[i:i + 128]) for i in range(0, cfg.eval_n, 128)])
+        r: Dict[str, Any] = {"step": step, "seconds": round(time.time() - t0, 1), "train_loss": loss}
+        for k, (images, _) in evals.items():
+            with torch.no_grad():
+                tok = torch.cat([visual_tokens(visual, processor, images[i:i + 128]) for i in range(0, len(images), 128)])
+            r.update({f"{k}{name}": v for name, v in attribute_accuracy(head, tok, y_evals[k]).items()})
         visual.train()
-        r = {"step": step, "seconds": round(time.time() - t0, 1), "train_loss": loss,
-             **attribute_accuracy(head, tok, y_ev)}
         curve.append(r)
         say(f"step {step}: shapes exact {r['shapes_exact']:.3f}, defect {r['defect/accuracy']:.3f} "
-            f"(majority {r['defect/majority']:.3f})")
+            f"(majority {r['defect/majority']:.3f})" + (f"; candidate edits: shapes exact "
+            f"{r['candidates/shapes_exact']:.3f}" if "candidates/shapes_exact" in r else ""))
+
+    def batch(step: int) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+        rng = np.random.default_rng([cfg.seed, step])
+        n_pool = int(rng.binomial(cfg.batch_size, cfg.candidate_frac)) if pool[0] else 0
+        images, seens = sample_images(rng, cfg.batch_size - n_pool, cfg.degraded_frac)
+        for i in rng.integers(0, len(pool[0]), n_pool) if n_pool else []:
+            images.append(pool[0][i])
+            seens.append(pool[1][i])
+        return images, seens
 
     visual.train()
     running: List[float] = []
@@ -156,9 +223,8 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
         for step in range(cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            images, scenes, defects = sample_images(np.random.default_rng([cfg.seed, step]), cfg.batch_size,
-                                                    cfg.degraded_frac)
-            loss = head_loss(head, visual_tokens(visual, processor, images), attribute_targets(scenes, defects))
+            images, seens = batch(step)
+            loss = head_loss(head, visual_tokens(visual, processor, images), attribute_targets(seens))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,8 +239,6 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
 
 def run_vision_warmup(out: str, config_path: Optional[str], overrides: List[str], quiet: bool = False,
                       argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from edit_rlhf.config import load_config
     from edit_rlhf.config.sft import VisionWarmupConfig
     from edit_rlhf.redaction import redacted_config
@@ -183,11 +247,8 @@ def run_vision_warmup(out: str, config_path: Optional[str], overrides: List[str]
 
     cfg = load_config(VisionWarmupConfig, config_path, overrides)
     setup_process(cfg.torch_threads)
-    if not os.path.isfile(os.path.join(cfg.init, "config.json")):
-        raise SystemExit(f"sandbox vision: init={cfg.init!r} is not a model folder (no config.json)")
     t0 = time.time()
-    model = AutoModelForImageTextToText.from_pretrained(cfg.init, torch_dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(cfg.init)
+    model, processor = load_init(cfg.init, "sandbox vision")
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[vision] {msg}", flush=True))
     curve = train_vision(model, processor, cfg, say)
     save_vlm(model, processor, out)

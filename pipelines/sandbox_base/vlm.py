@@ -30,6 +30,13 @@ def load_vlm(path: str):
     return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
 
 
+def load_init(path: str, command: str):
+    """`load_vlm(path)` for a stage's `init`; a path that is not a model folder stops `command` with one line."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise SystemExit(f"{command}: init={path!r} is not a model folder (no config.json)")
+    return load_vlm(path)
+
+
 def evaluate_describer(model, processor, pairs: Sequence[Tuple[Scene, Scene]], n_one: Optional[int] = None
                        ) -> Dict[str, float]:
     """Greedy descriptions of held-out scenes, scored per attribute against their majority baselines."""
