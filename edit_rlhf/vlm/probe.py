@@ -9,16 +9,24 @@ language model does afterwards. (The sandbox RRM's diagnosis, benchmarks/vision_
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
 
+def visual_tokens(visual, processor, images: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (sum of the images' merged token counts, hidden), image_grid_thw): one forward of a Qwen2.5-VL vision
+    tower (`model.model.visual`) on `images` prepared by the model's processor - what the language model receives."""
+    px = processor.image_processor(images=list(images), return_tensors="pt")
+    out = visual(px["pixel_values"], grid_thw=px["image_grid_thw"])
+    return (out if torch.is_tensor(out) else out.pooler_output), px["image_grid_thw"]
+
+
 @torch.no_grad()
 def vision_features(model, processor, images: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
     """(N, tokens * hidden) float32: the merged visual tokens of each image (all images must give the same token
-    count, as same-size images do)."""
+    count, as same-size images do). The tower runs in eval mode and gets its previous mode back."""
     from edit_rlhf.vlm.attention import batched_vision_attention
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -30,10 +38,8 @@ def vision_features(model, processor, images: Sequence[np.ndarray], batch_size: 
         with batched_vision_attention(True):
             for i in range(0, len(images), batch_size):
                 chunk = list(images[i:i + batch_size])
-                px = processor.image_processor(images=chunk, return_tensors="pt")
-                emb = visual(px["pixel_values"], grid_thw=px["image_grid_thw"])
-                emb = getattr(emb, "pooler_output", None) if not torch.is_tensor(emb) else emb
-                counts = {int(t * h * w) for t, h, w in px["image_grid_thw"].tolist()}
+                emb, grid = visual_tokens(visual, processor, chunk)
+                counts = {int(t * h * w) for t, h, w in grid.tolist()}
                 if len(counts) != 1:
                     raise ValueError(f"vision_features: images give different patch counts {sorted(counts)}; "
                                      "probe same-size images")

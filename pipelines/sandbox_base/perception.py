@@ -19,16 +19,13 @@ match, per candidate grade. The folder gets `perception.json` (config, curve, co
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .vlm import load_init
+from .vlm import load_init, save_stage
 
 OFFSET_TRAIN = 200000   # on-the-fly prompt indices: far above any built dataset's n_train
 OFFSET_EVAL = 5000
@@ -101,11 +98,10 @@ def run_perception(out: str, config_path: Optional[str], overrides: List[str], q
 
     from edit_rlhf.config import load_config
     from edit_rlhf.config.sft import PerceptionConfig
-    from edit_rlhf.redaction import redacted_config
     from edit_rlhf.runtime import setup_process
     from edit_rlhf.sandbox.config import SandboxConfig
     from edit_rlhf.vlm.generate import generate
-    from edit_rlhf.vlm.sft import prepare_model, save_vlm, train_vlm
+    from edit_rlhf.vlm.sft import prepare_model, train_vlm
 
     cfg = load_config(PerceptionConfig, config_path, overrides)
     setup_process(cfg.torch_threads)
@@ -136,11 +132,5 @@ def run_perception(out: str, config_path: Optional[str], overrides: List[str], q
         losses += [dict(h, step=base + h["step"]) for h in hist]
         done += k
         curve.append(evaluate(done))
-    save_vlm(model, proc, out)
-    record = {"command": " ".join(argv or sys.argv), "config_file": config_path, "overrides": list(overrides),
-              "config": redacted_config(cfg), "init": cfg.init, "steps": cfg.steps, "curve": curve,
-              "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in losses],
-              "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(out, "perception.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    return record
+    return save_stage(out, "perception", model, proc, cfg, config_path, overrides, argv, curve, t0,
+                      train_loss=[{"step": h["step"], "loss": h["loss"]} for h in losses])

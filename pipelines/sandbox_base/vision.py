@@ -21,16 +21,13 @@ OUT/vision.json records the held-out attribute accuracies (beside their majority
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .vlm import load_init
+from .vlm import load_init, save_stage
 
 DEFECTS = ("none", "blur", "noise", "cast")
 _DEFECT_WORDS = {"blurry": "blur", "noisy": "noise", "colour cast": "cast"}  # the oracle's words (oracle._seen)
@@ -127,12 +124,6 @@ class AttributeHead(torch.nn.Module):
         return list(pooled.split(self.sizes, dim=1))
 
 
-def visual_tokens(visual, processor, images: Sequence[np.ndarray]) -> torch.Tensor:
-    px = processor.image_processor(images=list(images), return_tensors="pt")
-    out = visual(px["pixel_values"], grid_thw=px["image_grid_thw"])
-    return out if torch.is_tensor(out) else out.pooler_output
-
-
 def head_loss(head: AttributeHead, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sum(torch.nn.functional.cross_entropy(lo, y[:, j]) for j, lo in enumerate(head(tokens, len(y))))
 
@@ -175,6 +166,7 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
     """Train `model`'s vision tower (and a fresh AttributeHead) for `cfg.steps` steps; returns the held-out curve.
     Every parameter outside the tower keeps requires_grad as it was and receives no update."""
     from edit_rlhf.vlm.attention import batched_vision_attention
+    from edit_rlhf.vlm.probe import vision_features, visual_tokens
     from edit_rlhf.vlm.sft import vision_tower
 
     visual = vision_tower(model)
@@ -195,13 +187,10 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
     curve: List[Dict[str, Any]] = []
 
     def evaluate(step: int, loss: Optional[float]) -> None:
-        visual.eval()
         r: Dict[str, Any] = {"step": step, "seconds": round(time.time() - t0, 1), "train_loss": loss}
         for k, (images, _) in evals.items():
-            with torch.no_grad():
-                tok = torch.cat([visual_tokens(visual, processor, images[i:i + 128]) for i in range(0, len(images), 128)])
+            tok = torch.from_numpy(vision_features(model, processor, images)).reshape(-1, head.linear.in_features)
             r.update({f"{k}{name}": v for name, v in attribute_accuracy(head, tok, y_evals[k]).items()})
-        visual.train()
         curve.append(r)
         say(f"step {step}: shapes exact {r['shapes_exact']:.3f}, defect {r['defect/accuracy']:.3f} "
             f"(majority {r['defect/majority']:.3f})" + (f"; candidate edits: shapes exact "
@@ -224,7 +213,7 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             images, seens = batch(step)
-            loss = head_loss(head, visual_tokens(visual, processor, images), attribute_targets(seens))
+            loss = head_loss(head, visual_tokens(visual, processor, images)[0], attribute_targets(seens))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -241,9 +230,7 @@ def run_vision_warmup(out: str, config_path: Optional[str], overrides: List[str]
                       argv: Optional[List[str]] = None) -> Dict[str, Any]:
     from edit_rlhf.config import load_config
     from edit_rlhf.config.sft import VisionWarmupConfig
-    from edit_rlhf.redaction import redacted_config
     from edit_rlhf.runtime import setup_process
-    from edit_rlhf.vlm.sft import save_vlm
 
     cfg = load_config(VisionWarmupConfig, config_path, overrides)
     setup_process(cfg.torch_threads)
@@ -251,10 +238,4 @@ def run_vision_warmup(out: str, config_path: Optional[str], overrides: List[str]
     model, processor = load_init(cfg.init, "sandbox vision")
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[vision] {msg}", flush=True))
     curve = train_vision(model, processor, cfg, say)
-    save_vlm(model, processor, out)
-    record = {"command": " ".join(argv or sys.argv), "config_file": config_path, "overrides": list(overrides),
-              "config": redacted_config(cfg), "init": cfg.init, "steps": cfg.steps, "curve": curve,
-              "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(out, "vision.json"), "w") as f:
-        json.dump(record, f, indent=1)
-    return record
+    return save_stage(out, "vision", model, processor, cfg, config_path, overrides, argv, curve, t0)

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,25 @@ def load_init(path: str, command: str):
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise SystemExit(f"{command}: init={path!r} is not a model folder (no config.json)")
     return load_vlm(path)
+
+
+def save_stage(out: str, name: str, model, processor, cfg, config_path: Optional[str], overrides: List[str],
+               argv: Optional[List[str]], curve: List[Dict], t0: float, **extra) -> Dict[str, object]:
+    """Save a stage's model folder (`vlm.sft.save_vlm`) and its record `OUT/<name>.json`: command, config (secrets
+    redacted), init, steps, held-out curve, `extra` fields and wall seconds since `t0`. Returns the record."""
+    import json
+    import sys
+
+    from edit_rlhf.redaction import redacted_config
+    from edit_rlhf.vlm.sft import save_vlm
+
+    save_vlm(model, processor, out)
+    record = {"command": " ".join(argv or sys.argv), "config_file": config_path, "overrides": list(overrides),
+              "config": redacted_config(cfg), "init": cfg.init, "steps": cfg.steps, "curve": curve, **extra,
+              "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    return record
 
 
 def evaluate_describer(model, processor, pairs: Sequence[Tuple[Scene, Scene]], n_one: Optional[int] = None
