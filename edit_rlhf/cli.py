@@ -142,6 +142,19 @@ def _classify(e: BaseException) -> int:
     return 0
 
 
+def parse_command_line(argv: List[str]) -> argparse.Namespace:
+    """argparse, plus `key=value` overrides after the options of a command with a positional before them
+    (`sandbox vision OUT --config X steps=10`): argparse alone has already closed the overrides list at OUT."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or not isinstance(getattr(args, "overrides", None), list):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from edit_rlhf import stops
 
@@ -149,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     debug = stops.debug_requested(argv[:cut])
     argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     previous = stops.install()
     try:
         return _dispatch(args)

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import torch
 import pytest
 
 
@@ -52,3 +53,21 @@ def test_perception_command_trains_with_more_image_tokens_and_records_its_curve(
     assert int(x["image_grid_thw"].prod()) // merge ** 2 == 64  # 64 visual tokens per 64x64 image (factory: 16)
     with pytest.raises(SystemExit, match="not a model folder"):
         main(["sandbox", "perception", out, f"init={tmp_path}/nope", "--quiet"])
+
+
+def test_perception_on_a_frozen_tower_trains_the_language_model_only(tiny_models, tmp_path):
+    from safetensors.torch import load_file
+
+    from edit_rlhf.cli import main
+
+    out = str(tmp_path / "eyes")
+    rc = main(["sandbox", "perception", out, "--config", "configs/sandbox_perception_vision.yaml",
+               f"init={tiny_models['rrm']}", "steps=2", "eval_every=0", "eval_n=2", "batch_size=2",
+               "eval_max_tokens=4", "--quiet"])
+    assert rc == 0
+    load = lambda d: {k: v for f in sorted(os.listdir(d)) if f.endswith(".safetensors")
+                      for k, v in load_file(os.path.join(d, f)).items()}
+    before, after = load(tiny_models["rrm"]), load(out)
+    vis = [k for k in before if ".visual." in k or k.startswith("visual.")]
+    assert vis and all(torch.equal(before[k], after[k]) for k in vis)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in vis)

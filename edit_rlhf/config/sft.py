@@ -291,6 +291,7 @@ class PerceptionConfig:
     seed: int = 7  # the data stream (per-step RNG [seed, step])
     init: str = "models/sandbox/vlm"
     image_min_pixels: int = 16384
+    freeze_vision: bool = False  # keep a warmed-up tower (`sandbox vision`) as it is: only the language model learns
     steps: int = 3500
     eval_every: int = 500  # 0: evaluate at the start and the end only
     eval_n: int = 256

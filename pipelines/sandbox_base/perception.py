@@ -111,7 +111,7 @@ def run_perception(out: str, config_path: Optional[str], overrides: List[str], q
     evals = held_out(sb, cfg.eval_n)
     set_image_tokens(proc, cfg.image_min_pixels)
     torch.manual_seed(cfg.seed)
-    model, _ = prepare_model(model, "full")
+    model, _ = prepare_model(model, "full", freeze_vision=cfg.freeze_vision)
     say = (lambda *a: None) if quiet else (lambda msg: print(f"[perception] {msg}", flush=True))
 
     def evaluate(step: int) -> Dict[str, Any]:
