@@ -92,8 +92,10 @@ def test_sft_one_rank_equals_two_ranks_on_the_same_batch(ray_cluster, tiny_model
 
     res = {}
     # 1 rank, 2 ranks, and 1 rank in micro-batches of 2 with gradient checkpointing (the real-scale settings)
+    # and, with decision tokens weighted (verdict_weight), 1 rank vs 2 ranks in micro-batches
     for key, ranks, extra in ((1, 1, []), (2, 2, []), ("micro", 1, ["micro_batch_size=2",
-                                                                    "learner.gradient_checkpointing=true"])):
+                                                                    "learner.gradient_checkpointing=true"]),
+                              ("w1", 1, ["verdict_weight=10"]), ("w2", 2, ["verdict_weight=10", "micro_batch_size=1"])):
         cfg = load_config(RRMSFTConfig, f"{ROOT}/configs/rrm_sft_sandbox.yaml", [
             f"model.path={tiny_models['rrm']}", f"data.train={sandbox_dir}/traces_train", "data.eval=null",
             "data.pairs_eval=null", "batch_size=4", f"learner.size={ranks}", f"output_dir={tmp_path}", *extra])
@@ -109,6 +111,10 @@ def test_sft_one_rank_equals_two_ranks_on_the_same_batch(ray_cluster, tiny_model
         assert abs(s1["loss"] - s2["loss"]) <= TOL_LOSS * s1["loss"] and s1["tokens"] == s2["tokens"]
         assert abs(s1["loss"] - sm["loss"]) <= TOL_LOSS * s1["loss"] and s1["tokens"] == sm["tokens"]
     assert h2[0][1]["loss"] == h2[1][1]["loss"]
+    (w1, _), (w2, _) = res["w1"], res["w2"]
+    for a, b in zip(w1[0], w2[0]):  # the logged loss stays the plain token mean; the weighted one steers the update
+        assert abs(a["loss"] - b["loss"]) <= TOL_LOSS * a["loss"] and a["tokens"] == b["tokens"]
+    assert w1[0][0]["loss"] == h1[0][0]["loss"] and w1[0][1]["loss"] != h1[0][1]["loss"]
 
 
 def test_gcpo_update_synced_into_vllm_matches_the_learner(ray_cluster, tiny_models, batch, tmp_path):

@@ -396,3 +396,49 @@ def test_copy_source_probe_scores_each_source_once_against_the_correct_sides(san
     assert m["copy_source/score_mean"] == 2.0 and m["copy_source/margin"] == pytest.approx(exp)
     assert copy_source_margin([None], [5.0]) == {"n": 1, "unscored": 1, "correct_n": 1, "correct_score_mean": 5.0}
     assert copy_source_margin([10.0, 0.0], [8.0])["scored_10"] == 0.5
+
+
+def test_trace_diagnosis_splits_checks_by_whether_the_judge_saw_right():
+    from edit_rlhf.rrm_train.metrics import trace_diagnosis
+
+    def trace(obs, checks, score):
+        qs = ", ".join(f'{{"question": "q{i}", "score": {c}}}' for i, c in enumerate(checks))
+        return f"{obs}\n[{qs}]\n{{\"average_score\": {sum(checks) / len(checks):.2f}}}\n<score>{score}</score>"
+
+    seen = "source: red circle. edited: blue circle."
+    gold = trace(seen, [1, 1], 10)
+    replies = [trace(seen, [1, 1], 10),                                # saw and compared right
+               trace(seen, [1, 0], 5),                                 # saw right, compared wrong
+               trace("source: red circle. edited: red circle.", [1, 1], 10),  # saw wrong (edited part)
+               "garbage"]                                              # unparsable: wrong checks, wrong observation
+    d = trace_diagnosis(replies, [gold] * 4, [[1, 1]] * 4, ["correct", "correct", "partial", "partial"], [2] * 4)
+    assert list(d) == ["all", "correct", "partial"]
+    a = d["all"]
+    assert a["observation_exact"] == {"n": 4, "rate": 0.5}
+    assert a["source_exact"]["rate"] == 0.75                 # the wrong observation still had the right source part
+    assert a["checks_exact"] == {"n": 4, "rate": 0.5}
+    assert a["checks_exact_if_seen"] == {"n": 2, "rate": 0.5}
+    assert a["checks_exact_if_not_seen"] == {"n": 2, "rate": 0.5}
+    assert d["correct"]["checks_exact_if_seen"] == {"n": 2, "rate": 0.5} and "checks_exact_if_not_seen" not in d["correct"]
+    with pytest.raises(ValueError, match="differ in length"):
+        trace_diagnosis(replies, [gold], [[1, 1]], ["x"], [2])
+
+
+def test_verdict_token_weights_mark_each_check_value_and_the_score():
+    import torch
+    from transformers import AutoProcessor
+
+    from edit_rlhf.rrm_train.data import verdict_token_weights
+    from edit_rlhf.vlm.chat import IGNORE
+
+    tok = AutoProcessor.from_pretrained("models/sandbox/rrm_sft").tokenizer
+    answer = trace([1, 0, 1], 7.5)
+    ids = tok.encode("prompt words " + answer, add_special_tokens=False)
+    n_prompt = len(tok.encode("prompt words ", add_special_tokens=False))
+    labels = torch.tensor([[IGNORE] * n_prompt + ids[n_prompt:] + [IGNORE] * 2])
+    w = verdict_token_weights(tok, labels, 10.0)
+    assert torch.equal(verdict_token_weights(tok, labels, 1.0), (labels != IGNORE).float())
+    assert (w[labels == IGNORE] == 0).all()
+    heavy = "".join(tok.decode([int(labels[0, j])]) for j in (w[0] == 10.0).nonzero().flatten())
+    assert heavy == "1017.5"            # three checks, then the score's digits; nothing else
+    assert int((w[0] == 1.0).sum()) == int((labels != IGNORE).sum()) - (w[0] == 10.0).sum()

@@ -136,6 +136,7 @@ class RRMSFTConfig:
     steps: int = 1000
     batch_size: int = 16  # global; split evenly over the learner ranks
     micro_batch_size: int = 0  # sequences per forward/backward on a rank (0: the rank's whole share at once)
+    verdict_weight: float = 1.0  # loss weight of the decision tokens (each check's 0/1, the score) vs the rest
     log_every: int = 25  # optimizer steps per learner call (one MLflow point, one progress-bar tick)
     eval_every: int = 0  # 0: evaluate at the start and the end only
     save_every: int = 0  # 0: checkpoint only at the end
@@ -160,6 +161,7 @@ class RRMSFTConfig:
         _positive("log_every", self.log_every)
         _positive("eval_every", self.eval_every, strict=False)
         _positive("save_every", self.save_every, strict=False)
+        _positive("verdict_weight", self.verdict_weight)
         if self.batch_size % self.learner.size:
             raise ValueError(f"batch_size: {self.batch_size} must be divisible by learner.size={self.learner.size}")
         per_rank = self.batch_size // self.learner.size

@@ -115,6 +115,40 @@ def chat_example(instruction: str, principles, source, edited, answer: Optional[
     return ChatExample(msgs, [source, edited])
 
 
+# a verdict's decisions: each principle's check value and the final score (also the paper's `<\score>`)
+_DECISIONS = __import__("re").compile(r'"score"\s*:\s*(-?\d+(?:\.\d+)?)|<score>\s*([^<]*?)\s*<')
+
+
+def verdict_token_weights(tokenizer, labels, weight: float):
+    """Per-token loss weights for a batch of RRM traces: `weight` on the tokens that carry a decision (each
+    check's 0/1 and the final score's digits), 1 on the other assistant tokens, 0 elsewhere. The traces are
+    mostly copied text (the observation, the questions, JSON); the few decision tokens are what the judge is for,
+    and a rare one (a failed check of an over-edit) is otherwise a small fraction of the loss. Tokens are mapped
+    to characters by decoding them one by one (trace text is plain ASCII), so any tokenizer works."""
+    import torch
+
+    from edit_rlhf.vlm.chat import IGNORE
+
+    w = (labels != IGNORE).float()
+    if weight == 1.0:
+        return w
+    for r in range(labels.shape[0]):
+        pos = (labels[r] != IGNORE).nonzero().flatten().tolist()
+        pieces = [tokenizer.decode([int(labels[r, j])]) for j in pos]
+        ends = np.cumsum([len(x) for x in pieces])
+        text = "".join(pieces)
+        for m in _DECISIONS.finditer(text):
+            g = 1 if m.group(1) is not None else 2
+            lo, hi = m.span(g)
+            if hi <= lo:
+                continue
+            first = int(np.searchsorted(ends, lo, side="right"))
+            last = int(np.searchsorted(ends, hi - 1, side="right"))
+            for k in range(first, min(last, len(pos) - 1) + 1):
+                w[r, pos[k]] = float(weight)
+    return w
+
+
 # --------------------------------------------------------------------------- preference pairs
 @dataclass
 class Pair:

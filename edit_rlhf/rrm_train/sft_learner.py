@@ -17,7 +17,7 @@ import torch
 
 from edit_rlhf.distributed import deepspeed_engine, init_process_group, load_engine_state, save_engine_state
 from edit_rlhf.models.memory import enable_checkpointing
-from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs
+from edit_rlhf.rrm_train.data import TraceDataset, chat_example, load_pairs, verdict_token_weights
 from edit_rlhf.rrm_train.model import load_rrm, prepare, save_hf
 from edit_rlhf.vlm.attention import batched_vision_attention
 from edit_rlhf.vlm.chat import IGNORE, collate
@@ -39,17 +39,28 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
 
 
 def token_ce(model, batch: Dict[str, torch.Tensor]):
-    """(sum of CE over assistant tokens, their count, greedy hits) of one batch."""
+    """(weighted sum of CE over assistant tokens - the loss to back-propagate, their count, greedy hits, plain sum
+    of CE - the loss to log) of one batch; `loss_weights` (optional, `verdict_token_weights`) weight the tokens."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    weights = batch.get("loss_weights")
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
     logits = model(**inputs, use_cache=False).logits[:, :-1].float()
     target = labels[:, 1:]
     mask = target != IGNORE
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                           ignore_index=IGNORE, reduction="sum")
+    ce_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                               ignore_index=IGNORE, reduction="none")
+    ce = ce_tok.sum()
     with torch.no_grad():
         hits = ((logits.argmax(-1) == target) & mask).sum()
-    return ce, mask.sum(), hits
+    weighted = ce if weights is None else (ce_tok * weights[:, 1:].reshape(-1)).sum()
+    return weighted, mask.sum(), hits, ce
+
+
+def loss_mass(batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a batch's loss is normalised by: its assistant-token count, or their weights' sum when weighted."""
+    if batch.get("loss_weights") is not None:
+        return batch["loss_weights"][:, 1:].sum()
+    return (batch["labels"][:, 1:] != IGNORE).sum()
 
 
 class RRMSFTLearner:
@@ -85,6 +96,9 @@ class RRMSFTLearner:
         idx = batch_indices(self.cfg.seed, step, self.cfg.batch_size, len(self.data))
         mine = idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank][part]
         batch = collate(self.processor, [self.example(self.data.row(int(i))) for i in mine])
+        if self.cfg.verdict_weight != 1.0:
+            batch["loss_weights"] = verdict_token_weights(self.processor.tokenizer, batch["labels"],
+                                                          self.cfg.verdict_weight)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ training
@@ -116,20 +130,20 @@ class RRMSFTLearner:
                 if self.micro == self.per_rank:
                     batch = self.rank_batch(self.step)
                     n_tok = (batch["labels"][:, 1:] != IGNORE).sum()
-                    (g_tok,) = self._all_sum(n_tok)
-                    ce, tok, hits = token_ce(self.engine, batch)
+                    g_tok, g_mass = self._all_sum(n_tok, loss_mass(batch))
+                    wce, tok, hits, ce = token_ce(self.engine, batch)
                     # sum over this rank's tokens, scaled so DeepSpeed's mean over ranks is the global token mean
-                    self.engine.backward(ce * (self.world / max(1.0, float(g_tok))))
+                    self.engine.backward(wce * (self.world / max(1.0, float(g_mass))))
                     self.engine.step()
                 else:  # micro-batches accumulate into one optimizer step (DeepSpeed steps on the last one)
                     parts = [self.rank_batch(self.step, slice(s, s + self.micro))
                              for s in range(0, self.per_rank, self.micro)]
                     n_tok = sum((b["labels"][:, 1:] != IGNORE).sum() for b in parts)
-                    (g_tok,) = self._all_sum(n_tok)
+                    g_tok, g_mass = self._all_sum(n_tok, sum(loss_mass(b) for b in parts))
                     ce = hits = 0
                     for b in parts:
-                        c, _, h = token_ce(self.engine, b)
-                        self.engine.backward(c * (self.world / max(1.0, float(g_tok))), scale_wrt_gas=False)
+                        wc, _, h, c = token_ce(self.engine, b)
+                        self.engine.backward(wc * (self.world / max(1.0, float(g_mass))), scale_wrt_gas=False)
                         self.engine.step()
                         ce, hits = ce + c.detach(), hits + h
                 s_ce, s_hits = self._all_sum(ce, hits)
