@@ -16,6 +16,7 @@ Images stay undecoded until a row is used; every bad row raises `DatasetError` n
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -116,7 +117,7 @@ def chat_example(instruction: str, principles, source, edited, answer: Optional[
 
 
 # a verdict's decisions: each principle's check value and the final score (also the paper's `<\score>`)
-_DECISIONS = __import__("re").compile(r'"score"\s*:\s*(-?\d+(?:\.\d+)?)|<score>\s*([^<]*?)\s*<')
+_DECISIONS = re.compile(r'"score"\s*:\s*(-?\d+(?:\.\d+)?)|<score>\s*([^<]*?)\s*<')
 
 
 def verdict_token_weights(tokenizer, labels, weight: float):
