@@ -21,16 +21,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/com
 
 def diagnose(path: str, rows, batch_size: int = 32, max_tokens: int = 256) -> Dict[str, Any]:
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from edit_rlhf.rrm_train.data import chat_example
     from edit_rlhf.rrm_train.metrics import trace_diagnosis
+    from edit_rlhf.rrm_train.model import load_rrm
     from edit_rlhf.vlm.generate import generate
 
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise SystemExit(f"rrm_diagnose: {path!r} is not a model folder (no config.json)")
-    model = AutoModelForImageTextToText.from_pretrained(path, torch_dtype=torch.float32).eval()
-    proc = AutoProcessor.from_pretrained(path)
+    try:
+        model, proc = load_rrm(path, "float32", "cpu")
+    except FileNotFoundError as e:
+        raise SystemExit(f"rrm_diagnose: {e}")
     exs = [chat_example(r["instruction"], r["principles"], r["source_image"], r["edited_image"], None, "compact")
            for r in rows]
     with torch.no_grad():

@@ -402,8 +402,7 @@ def test_trace_diagnosis_splits_checks_by_whether_the_judge_saw_right():
     from edit_rlhf.rrm_train.metrics import trace_diagnosis
 
     def trace(obs, checks, score):
-        qs = ", ".join(f'{{"question": "q{i}", "score": {c}}}' for i, c in enumerate(checks))
-        return f"{obs}\n[{qs}]\n{{\"average_score\": {sum(checks) / len(checks):.2f}}}\n<score>{score}</score>"
+        return format_verdict([(f"q{i}", c) for i, c in enumerate(checks)], score, obs)
 
     seen = "source: red circle. edited: blue circle."
     gold = trace(seen, [1, 1], 10)
