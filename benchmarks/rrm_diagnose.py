@@ -1,10 +1,11 @@
 """Where does a sandbox RRM go wrong - seeing or comparing? Each checkpoint writes its trace (greedy, transformers)
 for the held-out graded edits of `.cache/sandbox/traces_eval`; per candidate grade we compare its observation line
 ("source: ... edited: ...") with the oracle trace's and its checks with the oracle's, and split the checks by
-whether the observation was right (`edit_rlhf.rrm_train.metrics.trace_diagnosis`). A judge with right observations
+whether the observation was right (`edit_rlhf.rrm_train.metrics.trace_diagnosis`); with traces built with
+`trace_compare=true` (`--data .cache/sandbox_cmp/traces_eval`) also whether its "source to edited:" line was. A judge with right observations
 but wrong checks on them fails at comparing the two descriptions, not at seeing. Minutes per checkpoint.
 
-    .venv/bin/python benchmarks/rrm_diagnose.py [--data .cache/sandbox/traces_eval] [--n 256] [--out FILE] \\
+    .venv/bin/python benchmarks/rrm_diagnose.py [--data .cache/sandbox/traces_eval] [--n 256] [--max-tokens 384] [--out FILE] \\
         [--note TEXT] stage3=models/sandbox/rrm_sft other=outputs/.../final ...
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("models", nargs="+", help="name=path of an RRM folder (with its processor)")
     ap.add_argument("--data", default=".cache/sandbox/traces_eval", help="held-out traces (sandbox build)")
     ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=384, help="generation limit (compare traces run to ~300 tokens)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default=None)
     a = ap.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv=None) -> Dict[str, Any]:
         if "=" not in item:
             raise SystemExit(f"rrm_diagnose: {item!r}: expected name=path")
         name, path = item.split("=", 1)
-        res[name] = diagnose(path, rows)
+        res[name] = diagnose(path, rows, max_tokens=a.max_tokens)
     rep = {"benchmark": "rrm_diagnose", "data": a.data, "n": len(rows), "rrms": res, "seconds": round(time.time() - t0, 1),
            "command": " ".join(["python", *sys.argv] if argv is None else ["rrm_diagnose.main", *argv]), "note": a.note}
     from common import emit

@@ -419,8 +419,17 @@ def test_trace_diagnosis_splits_checks_by_whether_the_judge_saw_right():
     assert a["checks_exact_if_seen"] == {"n": 2, "rate": 0.5}
     assert a["checks_exact_if_not_seen"] == {"n": 2, "rate": 0.5}
     assert d["correct"]["checks_exact_if_seen"] == {"n": 2, "rate": 0.5} and "checks_exact_if_not_seen" not in d["correct"]
+    assert "compare_exact" not in a                          # gold traces without a comparison line
     with pytest.raises(ValueError, match="differ in length"):
         trace_diagnosis(replies, [gold], [[1, 1]], ["x"], [2])
+    # traces with a comparison line under the observation: was it right, and did the checks follow from it?
+    cmp = seen + "\nsource to edited: circle red to blue, not same."
+    gold = trace(cmp, [1, 1], 10)
+    replies = [gold, trace(cmp, [0, 1], 5), trace(seen + "\nsource to edited: circle red to blue, same.", [1, 1], 10)]
+    d = trace_diagnosis(replies, [gold] * 3, [[1, 1]] * 3, ["a"] * 3, [2] * 3)["all"]
+    assert d["observation_exact"]["rate"] == 1.0
+    assert d["compare_exact"] == {"n": 3, "rate": pytest.approx(2 / 3)}
+    assert d["checks_exact_if_compared"] == {"n": 2, "rate": 0.5}
 
 
 def test_verdict_token_weights_mark_each_check_value_and_the_score():

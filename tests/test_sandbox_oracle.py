@@ -199,3 +199,47 @@ def test_oracle_trace():
     r = verify(sc, e, pr, render(apply_edit(sc, e)))
     assert oracle_trace(sc, None, pr, r).startswith(
         "source: white background; red circle, blue square. edited: white background; green circle, blue square.\n")
+
+
+def test_oracle_trace_compare_line():
+    """compare=True sets source and edited side by side, one item per background/shape kind, each ending in the
+    comparison a check needs; the verdict lines are unchanged and every word stays in the sandbox vocabulary."""
+    vocab = set(vocabulary())
+    sc = Scene("white", [Shape("circle", "red", 20, 20, 9), Shape("square", "blue", 46, 44, 9)], 64)
+    e = EditSpec("recolour", 0, {"color": "green"})
+    pr = principles(sc, e)
+    r = verify(sc, e, pr, render(apply_edit(sc, e)))
+    plain, cmp = oracle_trace(sc, None, pr, r), oracle_trace(sc, None, pr, r, compare=True)
+    head, line, rest = cmp.split("\n", 2)
+    assert line == "source to edited: background white to white, same; circle red to green, not same; square blue to blue, same."
+    assert plain == head + "\n" + rest
+    # a removal, a changed background: "empty" and "not same"; a known edited Scene gives the same line
+    e = EditSpec("remove", 1, {})
+    pr = principles(sc, e)
+    bad = Scene("black", [Shape("circle", "red", 20, 20, 9)], 64)
+    r = verify(sc, e, pr, render(bad))
+    line = oracle_trace(sc, None, pr, r, compare=True).split("\n")[1]
+    assert line == "source to edited: background white to black, not same; circle red to red, same; square blue to empty, not same."
+    assert oracle_trace(sc, bad, pr, r, compare=True).split("\n")[1] == line
+    with pytest.raises(ValueError, match="compare=True"):
+        oracle_trace(sc, "white background; red circle", pr, r, compare=True)
+    # random tasks and grades: positions appear when the principles need them; the vocabulary holds
+    rng = np.random.default_rng(11)
+    for sc, e, pr in _tasks(20, seed=12):
+        for g in ("correct", "over_edit", "no_edit"):
+            r = verify(sc, e, pr, make_candidate(rng, sc, e, g))
+            t = oracle_trace(sc, None, pr, r, compare=True)
+            head, line, listing, _avg, _score = t.split("\n")
+            assert line.startswith("source to edited: background ") and line.endswith(".")
+            assert [d["score"] for d in json.loads(listing)] == r.checks
+            assert set(words_of(t)) <= vocab, set(words_of(t)) - vocab
+            if g == "no_edit" and e.type in ("recolour", "remove"):
+                assert "not same" not in line, line
+
+
+def test_sandbox_config_trace_compare_is_a_bool():
+    from edit_rlhf.sandbox.config import SandboxConfig
+
+    assert SandboxConfig(trace_compare=True).trace_compare is True
+    with pytest.raises(ValueError, match="trace_compare"):
+        SandboxConfig(trace_compare="yes")

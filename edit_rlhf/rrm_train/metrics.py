@@ -141,14 +141,23 @@ def observation_line(trace: str) -> str:
     return (trace or "").split("\n", 1)[0].strip()
 
 
+def comparison_lines(trace: str) -> str:
+    """The think lines after the observation line (the sandbox's "source to edited: ..." comparison), before the
+    verdict's check list; "" when there are none."""
+    head = (trace or "").split("\n[", 1)[0]
+    return "\n".join(line.strip() for line in head.split("\n")[1:]).strip()
+
+
 def trace_diagnosis(replies: Sequence[str], gold_traces: Sequence[str], gold_checks: Sequence[Sequence[int]],
                     groups: Sequence[str], n_expected: Sequence[int]) -> Dict[str, Dict[str, Any]]:
     """Where a judge goes wrong, per group (a candidate grade) and over all ("all"): does its observation line
     match the gold trace's (`observation_exact`; `source_exact`: the part before " edited:"), are its checks all
     right (`checks_exact`), and are they right *given* a right observation (`checks_exact_if_seen`) or a wrong one
     (`checks_exact_if_not_seen`)? A judge that describes well but misses `checks_exact_if_seen` fails at comparing,
-    not at seeing. Each figure is {"n": rows it is computed on, "rate": fraction}; unparsable replies count as
-    wrong checks."""
+    not at seeing. Where the gold trace also compares (`comparison_lines`), `compare_exact` and
+    `checks_exact_if_compared` say whether the judge's comparison was right and whether its checks followed from a
+    right one. Each figure is {"n": rows it is computed on, "rate": fraction}; unparsable replies count as wrong
+    checks."""
     from edit_rlhf.rrm.parse import parse_verdict
 
     if not (len(replies) == len(gold_traces) == len(gold_checks) == len(groups) == len(n_expected)):
@@ -159,11 +168,17 @@ def trace_diagnosis(replies: Sequence[str], gold_traces: Sequence[str], gold_che
         v = parse_verdict(reply or "", n_expected=int(k))
         right = bool(v.ok) and [int(c) for c in v.checks] == [int(c) for c in checks]
         obs_ok = seen == seen_g
+        cmp_g = comparison_lines(gold)
+        cmp_ok = bool(cmp_g) and comparison_lines(reply) == cmp_g
         for key in ("all", str(group)):
             s = acc.setdefault(key, {})
             s.setdefault("observation_exact", []).append(obs_ok)
             s.setdefault("source_exact", []).append(seen.split(" edited:")[0] == seen_g.split(" edited:")[0])
             s.setdefault("checks_exact", []).append(right)
             s.setdefault("checks_exact_if_seen" if obs_ok else "checks_exact_if_not_seen", []).append(right)
+            if cmp_g:
+                s.setdefault("compare_exact", []).append(cmp_ok)
+                if cmp_ok:
+                    s.setdefault("checks_exact_if_compared", []).append(right)
     return {g: {m: {"n": len(x), "rate": float(np.mean(x))} for m, x in s.items()}
             for g, s in sorted(acc.items(), key=lambda kv: (kv[0] != "all", kv[0]))}

@@ -117,7 +117,7 @@ def make_candidates(cfg: SandboxConfig, prompt: dict) -> list[dict]:
         res = verify(scene, edit, prs, img)
         out.append({"id": f"{prompt['id']}-c{c}", "prompt_id": prompt["id"], "split": prompt["split"],
                     "png": png_bytes(img), "grade": g, "checks": res.checks, "score": res.score,
-                    "trace": oracle_trace(scene, None, prs, res)})
+                    "trace": oracle_trace(scene, None, prs, res, compare=cfg.trace_compare)})
     return out
 
 

@@ -11,7 +11,8 @@ from .scene import MAX_SIZE, MIN_SIZE
 class SandboxConfig:
     """What ``build_sandbox`` writes. Counts are edit prompts and preference pairs per split;
     ``label_noise`` is the probability that a pair's preference label is flipped (imitating
-    annotator disagreement)."""
+    annotator disagreement). ``trace_compare`` adds the side-by-side "source to edited:" line to every
+    oracle trace (``edit_rlhf.sandbox.traces.compare_line``)."""
 
     seed: int = 0
     size: int = 64
@@ -22,6 +23,7 @@ class SandboxConfig:
     label_noise: float = 0.1
     n_pairs_train: int = 1024
     n_pairs_eval: int = 256
+    trace_compare: bool = False
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int, hi: int | None = None) -> None:
@@ -45,6 +47,8 @@ class SandboxConfig:
             raise ValueError(f"SandboxConfig.edit_types must be a non-empty list of distinct values from "
                              f"{list(EDIT_TYPES)}, got {self.edit_types!r}")
         self.edit_types = types
+        if not isinstance(self.trace_compare, bool):
+            raise ValueError(f"SandboxConfig.trace_compare must be true or false, got {self.trace_compare!r}")
         ln = self.label_noise
         if isinstance(ln, bool) or not isinstance(ln, (int, float)) or not 0.0 <= float(ln) <= 0.5:
             raise ValueError(f"SandboxConfig.label_noise must be a float in [0, 0.5], got {ln!r}")
