@@ -70,7 +70,7 @@ def gcpo_cfg(sandbox_dir, tmp_path, *extra):
     return load_config(RRMGCPOConfig, f"{ROOT}/configs/rrm_gcpo_sandbox.yaml", [
         f"model.path={SFT_CKPT}", f"data.train={sandbox_dir}/pairs_train", f"data.eval={sandbox_dir}/pairs_eval",
         "data.eval_size=4", "algo.pairs_per_step=2", "algo.group_size=3", "algo.micro_batch_size=4",
-        "rollout.engine.backend=hf", "rollout.max_tokens=220", "eval.sampling.max_tokens=220", "eval_every=0",
+        "rollout.engine.backend=hf", "rollout.max_tokens=320", "eval.sampling.max_tokens=320", "eval_every=0",
         "save_every=1", "optim.lr=1e-4", f"tracking.dir={tmp_path}/mlruns", *extra])
 
 
