@@ -289,6 +289,14 @@ def test_shipped_configs_load():
         assert cfg is not None
     g = load_config(RRMGCPOConfig, f"{ROOT}/configs/rrm_gcpo_sandbox.yaml")
     assert g.algo.beta == 0.0 and not g.algo.std_norm and g.rollout.temperature > 0
+    # the shipped RRM writes comparing traces of up to ~300 tokens: the sandbox configs must not cut them
+    assert g.rollout.max_tokens >= 320 and g.eval.sampling.max_tokens >= 320
+    assert load_config(RRMEvalConfig, f"{ROOT}/configs/eval_rrm_sandbox.yaml").eval.sampling.max_tokens >= 320
+    for name in ("rrm_sft_sandbox_vision", "rrm_sft_sandbox_compare"):
+        cfg = load_config(RRMSFTConfig, f"{ROOT}/configs/{name}.yaml")
+        assert cfg.model.freeze_vision and cfg.steps == 1500
+    c = load_config(RRMSFTConfig, f"{ROOT}/configs/rrm_sft_sandbox_compare.yaml")
+    assert "cmp" in c.data.train and "cmp" in c.data.eval and c.eval.max_tokens >= 320
 
 
 # ------------------------------------------------------------------------------------------------ SFT examples
