@@ -27,34 +27,31 @@ from .scene import LOCATION_PHRASES, SHAPE_KINDS, Scene, describe_scene, locatio
 POSITIONAL_OPS = frozenset({"moved", "vacated", "appearance", "area_change", "color_place", "added", "added_color"})
 
 
+def _item_phrase(color: str | None, color2: str | None, size: float | None, cx: float | None,
+                 cy: float | None, side: int, positions: bool, kind: str | None = None) -> str:
+    """One shape as the traces name it: "red", "red and green" (a two-coloured shape), with ``kind``
+    "red circle", with ``positions`` "medium red circle at the top left"; an absent shape is "empty"."""
+    if color is None:
+        return "empty"
+    words = color if color2 is None else f"{color} and {color2}"
+    if kind:
+        words = f"{words} {kind}"
+    if positions and cx is not None:
+        words = f"{size_word(size, side)} {words} {LOCATION_PHRASES[location_word(cx, cy, side)]}"
+    return words
+
+
 def describe_seen(seen: dict, positions: bool = False) -> str:
     """Description of what the oracle saw (``OracleResult.detail["seen"]``), in the grammar of
     ``describe_scene``: absent shapes are left out, a two-coloured shape reads "red and green
     circle", and image defects are appended ("...; noisy")."""
     n = seen["size"]
-    parts = []
-    for s in seen["shapes"]:
-        if s["color"] is None:
-            continue
-        words = s["color"] if s.get("color2") is None else f"{s['color']} and {s['color2']}"
-        words = f"{words} {s['kind']}"
-        if positions and s.get("cx") is not None:
-            words = f"{size_word(s['size'], n)} {words} {LOCATION_PHRASES[location_word(s['cx'], s['cy'], n)]}"
-        parts.append(words)
+    parts = [_item_phrase(s["color"], s.get("color2"), s.get("size"), s.get("cx"), s.get("cy"), n, positions, s["kind"])
+             for s in seen["shapes"] if s["color"] is not None]
     text = f"{seen['background']} background; " + (", ".join(parts) if parts else "empty")
     if seen.get("defects"):
         text += "; " + ", ".join(seen["defects"])
     return text
-
-
-def _item_phrase(color: str | None, color2: str | None, size: float | None, cx: float | None,
-                 cy: float | None, side: int, positions: bool) -> str:
-    if color is None:
-        return "empty"
-    words = color if color2 is None else f"{color} and {color2}"
-    if positions and cx is not None:
-        words = f"{size_word(size, side)} {words} {LOCATION_PHRASES[location_word(cx, cy, side)]}"
-    return words
 
 
 def _scene_seen(scene: Scene) -> dict:
