@@ -100,20 +100,19 @@ def oracle_trace(source_scene: Scene, edited: Scene | str | None, principles: li
         raise ValueError("oracle_trace: compare=True needs the edited Scene or the oracle's observation, not a ready description")
     if isinstance(edited, Scene):
         seen = describe_scene(edited, positions=pos)
-        observed = _scene_seen(edited)
     elif isinstance(edited, str):
         seen = edited
     elif edited is None:
         if "seen" not in result.detail:
             raise ValueError("edited is None but result.detail has no 'seen' observation")
         seen = describe_seen(result.detail["seen"], positions=pos)
-        observed = result.detail["seen"]
         if result.detail["seen"].get("change"):
             seen += f". change: {result.detail['seen']['change']}"
     else:
         raise ValueError(f"edited must be a Scene, a str or None, got {type(edited).__name__}")
     think = f"source: {describe_scene(source_scene, positions=pos)}. edited: {seen}."
     if compare:
+        observed = _scene_seen(edited) if isinstance(edited, Scene) else result.detail["seen"]
         think += "\n" + compare_line(source_scene, observed, positions=pos)
     checks = [(p["question"], int(c)) for p, c in zip(principles, result.checks)]
     return format_verdict(checks, result.score, think)
