@@ -15,7 +15,8 @@ Prints one JSON line per seed (and writes it to --out-dir as learn_editor_grpo_s
 seeds also a summary line (editor_grpo_seeds.json) with paired_z_by_seed, paired_z_min, oracle_gain_by_seed,
 control_gain_by_seed, steps and seconds.
 
-    .venv/bin/python benchmarks/learn_editor_grpo.py [--seeds 0 1 2] [--steps N] [--out-dir DIR] [key=value ...]
+    .venv/bin/python benchmarks/learn_editor_grpo.py [--seeds 0 1 2] [--steps N] [--control-steps K] [--out-dir DIR]
+        [key=value ...]
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def run(cfg) -> Dict[str, Any]:
     return s
 
 
-def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root: str) -> Dict[str, Any]:
+def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root: str,
+             control_steps: int = 0) -> Dict[str, Any]:
     from edit_rlhf.config import GRPOConfig, load_config
     from edit_rlhf.stats import paired_difference, paired_prompts, windows
 
@@ -52,8 +54,10 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
             "eval_probes=true"] + ([f"steps={steps}"] if steps else []) + list(overrides)
     t0 = time.time()
     results = {}
-    # the control's weights never move: it is evaluated at the start and the end only, without probes
-    for name, extra in (("treatment", []), ("control", ["optim.lr=0", "eval_every=0", "eval_probes=false"])):
+    # the control's weights never move: it is evaluated at the start and the end only, without probes; with
+    # control_steps it also trains only that many steps (its evaluation cannot change, its training curve is cut)
+    control = ["optim.lr=0", "eval_every=0", "eval_probes=false"] + ([f"steps={control_steps}"] if control_steps else [])
+    for name, extra in (("treatment", []), ("control", control)):
         cfg = load_config(GRPOConfig, config, base + extra + [f"output_dir={out_root}/seed{seed}_{name}",
                                                               f"tracking.run_name=learn-{name}-seed{seed}"])
         results[name] = run(cfg)
@@ -63,7 +67,8 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
         "benchmark": "learn_editor_grpo", "config": config, "seed": seed, "steps": cfg.steps,
         "overrides": list(overrides), "scorer": cfg.reward.scorer, "lr": cfg.optim.lr,
         "eval_prompts": min(cfg.data.eval_size, len(tr["per_prompt"][max(tr["per_prompt"])]["reward"])),
-        "eval_repeats": cfg.data.eval_repeats, "seconds": round(time.time() - t0, 1)}
+        "eval_repeats": cfg.data.eval_repeats, "control_steps": len(results["control"]["rewards"]),
+        "seconds": round(time.time() - t0, 1)}
     last_t, last_c = tr["per_prompt"][max(tr["per_prompt"])], ct["per_prompt"][max(ct["per_prompt"])]
     first_t, first_c = tr["per_prompt"][min(tr["per_prompt"])], ct["per_prompt"][min(ct["per_prompt"])]
     if cfg.reward.scorer != "oracle" and "oracle_score" in last_t and "oracle_score" in last_c:
@@ -82,7 +87,9 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
               if k.startswith("eval/") and not k.endswith(("seconds", "failed"))}
         report[name] = {"train_reward_first20": w["first20"], "train_reward_last20": w["last20"],
                         "final_eval": ev, "eval_curve": s["curve"], "seconds": s["seconds"]}
-    report["train_reward_paired_last20"] = paired_difference(tr["rewards"], ct["rewards"])
+    # step-by-step pairing needs the control's whole training curve
+    report["train_reward_paired_last20"] = (paired_difference(tr["rewards"], ct["rewards"])
+                                            if len(ct["rewards"]) == len(tr["rewards"]) else None)
     key = "oracle_score" if "eval_oracle_score_paired" in report else "reward"
     report["learned"] = bool(report[f"eval_{key}_paired"]["z"] >= 2)
     te = report["treatment"]["final_eval"]
@@ -101,6 +108,9 @@ def main(argv=None) -> List[Dict[str, Any]]:
     ap.add_argument("--steps", type=int, default=0, help="0: the config's steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out-dir", default=None, help="write each JSON line (and the seed summary) here")
+    ap.add_argument("--control-steps", type=int, default=0,
+                    help="train the lr=0 control this many steps only (0: as many as the treatment). Its weights "
+                         "never move, so its evaluation is the same; only the paired training-reward curve is lost")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
     from edit_rlhf.runtime import setup_process
@@ -117,7 +127,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
     t0 = time.time()
     reports = []
     for seed in a.seeds:
-        rep = one_seed(a.config, seed, a.steps, a.overrides, out_root)
+        rep = one_seed(a.config, seed, a.steps, a.overrides, out_root, a.control_steps)
         rep["command"] = command
         reports.append(rep)
         print(json.dumps(rep), flush=True)

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = ss.add_parser("build", help="generate sandbox datasets (prompts, candidates, pairs, traces)")
     b.add_argument("out")
     b.add_argument("overrides", nargs="*", help="SandboxConfig overrides, e.g. n_train=256 label_noise=0.2")
+    ep = ss.add_parser("editor-pairs", help="preference pairs of the editor's own SDE edits, labelled by the oracle "
+                                            "(GCPO data on the distribution the RRM rewards)")
+    ep.add_argument("out", help="output folder (a pairs dataset for rrm-gcpo data.train)")
+    ep.add_argument("overrides", nargs="*", help="EditorPairsConfig overrides, e.g. n_prompts=256 lora=DIR")
+    ep.add_argument("--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("scale", help="resize a running run's rollout/reward pools at its next step")
     p.add_argument("output_dir", help="the run's output_dir")
     p.add_argument("sizes", nargs="+", help="pool=size, e.g. rollout=4 reward=2")
@@ -292,6 +297,15 @@ def _dispatch(args) -> int:
 
         cfg = load_config(SandboxConfig, None, args.overrides)
         print(json.dumps(build_sandbox(args.out, cfg), default=str))
+        return 0
+    if args.command == "sandbox" and args.sandbox_command == "editor-pairs":
+        from edit_rlhf.config import load_config
+        from edit_rlhf.runtime import setup_process
+        from edit_rlhf.pipelines.sandbox_base.editor_pairs import EditorPairsConfig, build_editor_pairs
+
+        setup_process(1)
+        rec = build_editor_pairs(args.out, load_config(EditorPairsConfig, None, args.overrides), quiet=args.quiet)
+        print(json.dumps(rec, default=str))
         return 0
     if args.command == "scale":
         from edit_rlhf.cluster.control import request_scale
