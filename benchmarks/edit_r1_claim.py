@@ -95,6 +95,21 @@ def editor_part(editor: List[Dict[str, Any]]) -> Dict[str, Any]:
             "editor_eval_prompts": editor[0].get("eval_prompts")}
 
 
+def editor_edits_part(evals: List[str]) -> Dict[str, Any]:
+    """Judges on pairs of the editor's own edits (`edit-rlhf sandbox editor-pairs`, oracle labels without noise, so
+    the oracle's own accuracy there is 1.0): `name=eval-rrm.json` each, in the order given."""
+    out: Dict[str, Any] = {}
+    for item in evals:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"edit_r1_claim: --editor-pairs-eval takes NAME=EVAL.json, got {item!r}")
+        m = _load(path)["metrics"]
+        out[name] = {"with_ties": m["accuracy_with_ties"], "strict": m["accuracy"],
+                     "strict_chance": m.get("chance_strict"), "pairs": m.get("pairs"), "parse_rate": m.get("parse_rate"),
+                     "tie_rate": m.get("tie_rate"), "file": path}
+    return {"rrm_on_editor_edits": out} if out else {}
+
+
 def verdicts(c: Dict[str, Any]) -> Dict[str, Optional[bool]]:
     def ge(key, t):
         return None if c.get(key) is None else bool(c[key] >= t)
@@ -109,10 +124,11 @@ def verdicts(c: Dict[str, Any]) -> Dict[str, Optional[bool]]:
 
 
 def compose(gcpo: List[Dict[str, Any]], rrm_eval: Optional[Dict[str, Any]], editor: List[Dict[str, Any]],
-            inputs: Dict[str, Any]) -> Dict[str, Any]:
+            inputs: Dict[str, Any], editor_pairs_eval: Optional[List[str]] = None) -> Dict[str, Any]:
     c: Dict[str, Any] = {"benchmark": "edit_r1_claim"}
     c.update(rrm_part(gcpo, rrm_eval))
     c.update(editor_part(editor))
+    c.update(editor_edits_part(editor_pairs_eval or []))
     seeds = sorted({s for s in (c.get("gcpo_seeds") or []) + (c.get("editor_seeds") or []) if s is not None})
     c["seeds"] = seeds
     for k in ("rrm_with_ties", "rrm_strict", "rrm_strict_chance", "oracle_with_ties", "gcpo_gain_with_ties",
@@ -131,12 +147,15 @@ def main(argv=None) -> Dict[str, Any]:
     ap.add_argument("--rrm-eval", default=None, help="an eval-rrm output JSON (the judge without a GCPO line, or "
                                                      "for the copy-the-source probe)")
     ap.add_argument("--editor", nargs="*", default=[], help="learn_editor_grpo.py lines (RRM reward), one per seed")
+    ap.add_argument("--editor-pairs-eval", nargs="*", default=[],
+                    help="NAME=eval-rrm.json on pairs of the editor's own edits (sandbox editor-pairs), e.g. sft=... gcpo=...")
     ap.add_argument("--note", default=None, help="free text recorded with the line (what each input is)")
     ap.add_argument("--pairs", default=".cache/sandbox/pairs_eval", help="the held-out pairs (oracle figure)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     c = compose([_load(p) for p in a.gcpo], _load(a.rrm_eval) if a.rrm_eval else None, [_load(p) for p in a.editor],
-                {"gcpo": a.gcpo, "rrm_eval": a.rrm_eval, "editor": a.editor, "note": a.note})
+                {"gcpo": a.gcpo, "rrm_eval": a.rrm_eval, "editor": a.editor, "editor_pairs_eval": a.editor_pairs_eval,
+                 "note": a.note}, a.editor_pairs_eval)
     if c.get("oracle_with_ties") is None and os.path.isdir(a.pairs):  # lines recorded before the oracle figure
         from learn_rrm_gcpo import oracle_figures
 

@@ -62,6 +62,22 @@ def test_an_eval_rrm_output_supplies_the_judge_and_the_copy_source_margin(tmp_pa
         compose([], None, [dict(editor_line(0, 0.3, 2.4), scorer="oracle")], {})
 
 
+def test_judges_on_the_editors_own_edits_are_recorded_by_name(tmp_path):
+    from edit_r1_claim import main
+
+    for name, acc in (("sft", 0.465), ("gcpo", 0.58)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"metrics": {
+            "accuracy_with_ties": acc, "accuracy": acc - 0.2, "chance_strict": 0.33, "pairs": 186, "parse_rate": 0.95,
+            "tie_rate": 0.3}}))
+    c = main(["--editor-pairs-eval", f"sft={tmp_path}/sft.json", f"gcpo={tmp_path}/gcpo.json",
+              "--pairs", str(tmp_path / "none")])
+    got = c["rrm_on_editor_edits"]
+    assert list(got) == ["sft", "gcpo"] and got["gcpo"]["with_ties"] == 0.58 and got["sft"]["pairs"] == 186
+    assert c["inputs"]["editor_pairs_eval"] == [f"sft={tmp_path}/sft.json", f"gcpo={tmp_path}/gcpo.json"]
+    with pytest.raises(SystemExit, match="NAME=EVAL"):
+        main(["--editor-pairs-eval", str(tmp_path / "sft.json"), "--pairs", str(tmp_path / "none")])
+
+
 def test_rrm_compare_pairs_each_checkpoint_with_the_first_on_the_same_pairs():
     from rrm_compare import compare
 
