@@ -48,8 +48,22 @@ def test_build_editor_pairs_gives_gcpo_pairs_of_real_editor_edits(sandbox_dir, t
     out = str(tmp_path / "ep")
     cfg = EditorPairsConfig(prompts=f"{sandbox_dir}/prompts_train", start=2, n_prompts=6, samples=4,
                             pairs_per_prompt=2, min_gap=0.5, label_noise=0.0,
-                            mix_with=f"{sandbox_dir}/pairs_train", mix_size=5)
+                            mix_with=f"{sandbox_dir}/pairs_train", mix_size=5,
+                            traces_out=str(tmp_path / "tr"), traces_mix_with=f"{sandbox_dir}/traces_train",
+                            traces_mix_size=3)
     m = build_editor_pairs(out, cfg, quiet=True)
+    # one oracle trace per sampled edit (comparing, parseable, its score the pair's score), then the mixed rows
+    from edit_rlhf.rrm.parse import parse_verdict
+    from edit_rlhf.rrm_train.data import TraceDataset
+
+    assert m["traces"] == 24 and m["traces_mixed_rows"] == 3 and len(TraceDataset(str(tmp_path / "tr"))) == 27
+    import datasets
+
+    tr = datasets.load_from_disk(str(tmp_path / "tr")).remove_columns(["source_image", "edited_image"])
+    ed_tr = [r for r in tr if r["grade"] == "editor"]
+    assert len(ed_tr) == 24 and all("\nsource to edited: " in r["trace_text"] for r in ed_tr)
+    assert all(parse_verdict(r["trace_text"]).ok and abs(parse_verdict(r["trace_text"]).score - r["oracle_score"]) <= 0.05
+               for r in ed_tr)
     assert m["prompts"] == 6 and m["edits"] == 24 and m["oracle_failed"] == 0
     assert 1 <= m["pairs"] <= 12 and m["mixed_rows"] == 5 and m["rows"] == m["pairs"] + 5
     # every (prompt) pair combination is either a pair, a tie, or beyond the per-prompt cap

@@ -9,6 +9,10 @@ scores differ by at least `min_gap` (smaller gaps count as ties and are skipped)
 labels flipped - in the stock pairs schema (`grade_a` = `grade_b` = "editor"), optionally followed by the first
 `mix_size` rows of another pairs dataset (`mix_with`), so that GCPO sees both kinds.
 
+With `traces_out` it also writes the oracle's trace of every sampled edit (traces schema, `grade` "editor", the
+side-by-side comparison line on), optionally followed by another traces dataset (`traces_mix_with`): RRM SFT data
+on the distribution the RRM will reward.
+
     edit-rlhf sandbox editor-pairs OUT [key=value ...]        (EditorPairsConfig below)
 """
 from __future__ import annotations
@@ -41,10 +45,13 @@ class EditorPairsConfig:
     seed: int = 0
     mix_with: Optional[str] = None            # another pairs dataset appended after the editor pairs
     mix_size: int = 0                         # its first rows taken (0: all)
+    traces_out: Optional[str] = None          # also write the oracle's (comparing) trace of every sampled edit here
+    traces_mix_with: Optional[str] = None     # another traces dataset appended after them (e.g. the SFT set)
+    traces_mix_size: int = 0                  # its first rows taken (0: all)
 
     def __post_init__(self) -> None:
         for name, lo in (("start", 0), ("n_prompts", 1), ("samples", 2), ("pairs_per_prompt", 1), ("seed", 0),
-                         ("mix_size", 0)):
+                         ("mix_size", 0), ("traces_mix_size", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"EditorPairsConfig.{name} must be an int >= {lo}, got {v!r}")
@@ -78,6 +85,24 @@ def pair_row(pid: str, n: int, src_png: bytes, instruction: str, principles: lis
             "label_flipped": bool(flip)}
 
 
+def _append(base, path: Optional[str], size: int, feats, what: str):
+    """`base` followed by the first `size` rows (0: all) of the dataset at `path`, in `feats`' columns."""
+    import datasets as ds
+
+    from edit_rlhf.data.prompts import load_hf_dataset
+
+    if not path:
+        return base, 0
+    other = load_hf_dataset(path)
+    missing = [c for c in feats if c not in other.column_names]
+    if missing:
+        raise ValueError(f"{what}={path}: missing column(s) {missing} of the {what.split('_')[0]} schema")
+    other = other.select_columns(list(feats))
+    if size:
+        other = other.select(range(min(size, len(other))))
+    return ds.concatenate_datasets([base, other.cast(feats)]), len(other)
+
+
 def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) -> Dict[str, Any]:
     """Sample, score and pair (module docstring); writes `out` (a save_to_disk folder, with the manifest as
     `out/editor_pairs.json`). Returns the manifest."""
@@ -88,10 +113,13 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
     from edit_rlhf.grpo.rollout import EditorRollout
     from edit_rlhf.rewards.oracle import oracle_detail
     from edit_rlhf.sandbox.build import _features, png_bytes
+    from edit_rlhf.sandbox.oracle import parse_oracle_record, verify
+    from edit_rlhf.sandbox.traces import oracle_trace
 
     t0 = time.time()
-    if os.path.exists(out):
-        raise ValueError(f"{out} already exists; remove it or pick another folder")
+    for path in (out, cfg.traces_out):
+        if path and os.path.exists(path):
+            raise ValueError(f"{path} already exists; remove it or pick another folder")
     data = EditPromptDataset(cfg.prompts, require=("oracle", "principles"), validate="schema")
     if cfg.start + cfg.n_prompts > len(data):
         raise ValueError(f"{cfg.prompts} has {len(data)} rows; start={cfg.start} + n_prompts={cfg.n_prompts} "
@@ -102,6 +130,7 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         roll.use_lora_dir(cfg.lora)
     rng = np.random.default_rng([cfg.seed, 7])
     rows: List[Dict[str, Any]] = []
+    trace_rows: List[Dict[str, Any]] = []
     stats = {"prompts": 0, "edits": 0, "ties_skipped": 0, "prompts_without_pair": 0, "flipped": 0,
              "oracle_failed": 0}
     all_scores, group_std = [], []
@@ -110,9 +139,21 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         seeds = [int(cfg.seed) * 1_000_003 + i * cfg.samples + k for k in range(cfg.samples)]
         _, images, _ = roll.rollout("train", i, seeds)
         scores = []
-        for img in images:
+        for j, img in enumerate(images):
             try:
-                scores.append(oracle_detail(row["oracle"], img)["oracle_score"])
+                if cfg.traces_out:
+                    scene, edit, prs = parse_oracle_record(row["oracle"])
+                    res = verify(scene, edit, prs, img)
+                    trace_rows.append({
+                        "id": f"{row['id']}-e{j}-trace", "prompt_id": row["id"],
+                        "source_image": {"bytes": png_bytes(row["source_image"]), "path": None},
+                        "instruction": row["instruction"], "principles": row["principles"],
+                        "edited_image": {"bytes": png_bytes(img), "path": None}, "grade": EDITOR_GRADE,
+                        "trace_text": oracle_trace(scene, None, prs, res, compare=True),
+                        "checks": [int(c) for c in res.checks], "oracle_score": float(res.score)})
+                    scores.append(float(res.score))
+                else:
+                    scores.append(oracle_detail(row["oracle"], img)["oracle_score"])
             except (ValueError, KeyError, TypeError) as e:  # counted, never silent
                 stats["oracle_failed"] += 1
                 log.warning("oracle failed on %s: %s", row["id"], e)
@@ -144,22 +185,18 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         raise ValueError(f"no untied pairs among {stats['edits']} edits (min_gap={cfg.min_gap}); lower min_gap")
     feats = _features("pairs")
     out_ds = ds.Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats)
-    mixed = 0
-    if cfg.mix_with:
-        from edit_rlhf.data.prompts import load_hf_dataset
-
-        other = load_hf_dataset(cfg.mix_with)
-        missing = [c for c in feats if c not in other.column_names]
-        if missing:
-            raise ValueError(f"mix_with={cfg.mix_with}: missing column(s) {missing} of the pairs schema")
-        other = other.select_columns(list(feats))
-        if cfg.mix_size:
-            other = other.select(range(min(cfg.mix_size, len(other))))
-        mixed = len(other)
-        out_ds = ds.concatenate_datasets([out_ds, other.cast(feats)])
+    out_ds, mixed = _append(out_ds, cfg.mix_with, cfg.mix_size, feats, "mix_with")
     out_ds.save_to_disk(out)
+    trace_counts = {}
+    if cfg.traces_out:
+        tf = _features("traces")
+        tr_ds = ds.Dataset.from_dict({k: [r[k] for r in trace_rows] for k in tf}, features=tf)
+        tr_ds, tmixed = _append(tr_ds, cfg.traces_mix_with, cfg.traces_mix_size, tf, "traces_mix_with")
+        tr_ds.save_to_disk(cfg.traces_out)
+        trace_counts = {"traces": len(trace_rows), "traces_mixed_rows": tmixed, "traces_out": cfg.traces_out}
     sc = np.asarray(all_scores, dtype=float)
     manifest = {"config": asdict(cfg), "pairs": len(rows), "mixed_rows": mixed, "rows": len(out_ds), **stats,
+                **trace_counts,
                 "oracle_mean": round(float(sc.mean()), 4) if sc.size else None,
                 "oracle_std": round(float(sc.std()), 4) if sc.size else None,
                 "group_std_mean": round(float(np.mean(group_std)), 4) if group_std else None,
