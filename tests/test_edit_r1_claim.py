@@ -93,3 +93,20 @@ def test_rrm_compare_pairs_each_checkpoint_with_the_first_on_the_same_pairs():
     assert "with_ties_vs_first" not in r["rrms"]["base"] and r["baseline"] == "base"
     with pytest.raises(SystemExit, match="not the same set"):
         compare({"base": base, "short": out([(1, 2)])})
+
+
+def test_rrm_on_editor_edits_matches_edits_to_the_oracle_by_pair():
+    from rrm_on_editor_edits import edits_of, per_edit
+
+    rows = {"p0": {"score_a": 8.0, "score_b": 1.0, "preferred": "a"},
+            "p1": {"score_a": 0.0, "score_b": 6.0, "preferred": "b"}}
+    ev = {"pairs": [{"id": "p0", "score_preferred": 9.0, "score_other": 2.0},
+                    {"id": "p1", "score_preferred": 7.0, "score_other": None}]}   # an unparsed edit is left out
+    oracle, rrm = edits_of(ev, rows)
+    assert oracle == [8.0, 1.0, 6.0] and rrm == [9.0, 2.0, 7.0]
+    f = per_edit(oracle, rrm)
+    assert f["edits"] == 3 and f["pearson_r"] > 0.99
+    assert f["rrm_mean_by_oracle_band"] == {"0-0.5": None, "0.5-3": 2.0, "3-6": None, "6-10": 8.0}
+    assert per_edit([1.0, 1.0, 1.0], [2.0, 5.0, 3.0])["pearson_r"] is None   # no spread: no r
+    with pytest.raises(ValueError, match="not in the pairs set"):
+        edits_of({"pairs": [{"id": "zz", "score_preferred": 1.0, "score_other": 2.0}]}, rows)

@@ -1,0 +1,87 @@
+"""Does a judge see the edits it will reward? Scores of RRM checkpoints on pairs of the *editor's own* edits.
+
+Input: `eval-rrm` outputs (NAME=JSON, each run with `data.path` = a pairs set from `edit-rlhf sandbox editor-pairs`,
+label noise 0) and that pairs set. Per judge: pairwise accuracy on the pairs (strict, with ties, chance: two edits
+of the same prompt, the ranking a GRPO group's advantages need), and per edit (across prompts) the Pearson r of the
+RRM score with the oracle score and the mean RRM score per oracle band. A judge can follow the oracle across
+prompts (r > 0) and still be at chance within a prompt. Prints one JSON line.
+
+    python benchmarks/rrm_on_editor_edits.py --pairs .cache/editor_pairs/eval sft=EVAL1.json gcpo=EVAL2.json \\
+        [--out benchmarks/results/rrm_on_editor_edits.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+BANDS: Tuple[Tuple[float, float], ...] = ((0.0, 0.5), (0.5, 3.0), (3.0, 6.0), (6.0, 10.01))
+
+
+def per_edit(oracle: Sequence[float], rrm: Sequence[float]) -> Dict[str, Any]:
+    """Pearson r of RRM vs oracle scores over edits, and the mean RRM score per oracle band [lo, hi)."""
+    o, r = np.asarray(oracle, dtype=float), np.asarray(rrm, dtype=float)
+    if o.size != r.size:
+        raise ValueError(f"per_edit: {o.size} oracle scores but {r.size} RRM scores")
+    out: Dict[str, Any] = {"edits": int(o.size)}
+    out["pearson_r"] = float(np.corrcoef(o, r)[0, 1]) if o.size > 2 and o.std() > 0 and r.std() > 0 else None
+    out["rrm_mean_by_oracle_band"] = {f"{lo:g}-{min(hi, 10):g}": (round(float(r[(o >= lo) & (o < hi)].mean()), 3)
+                                                                 if ((o >= lo) & (o < hi)).any() else None)
+                                      for lo, hi in BANDS}
+    return out
+
+
+def edits_of(ev: Dict[str, Any], rows: Dict[str, Dict[str, Any]]) -> Tuple[List[float], List[float]]:
+    """(oracle, rrm) score per scored edit of an eval-rrm output, matched to the pairs set by pair id."""
+    oracle, rrm = [], []
+    for p in ev["pairs"]:
+        r = rows.get(p["id"])
+        if r is None:
+            raise ValueError(f"pair {p['id']!r} of the eval-rrm output is not in the pairs set")
+        won, lost = (r["score_a"], r["score_b"]) if r["preferred"] == "a" else (r["score_b"], r["score_a"])
+        for s, o in ((p["score_preferred"], won), (p["score_other"], lost)):
+            if s is not None:
+                oracle.append(float(o))
+                rrm.append(float(s))
+    return oracle, rrm
+
+
+def main(argv=None) -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", default=".cache/editor_pairs/eval")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("evals", nargs="+", help="NAME=eval-rrm.json")
+    a = ap.parse_args(argv)
+    from datasets import load_from_disk
+
+    d = load_from_disk(a.pairs)
+    d = d.remove_columns([c for c in ("source_image", "image_a", "image_b") if c in d.column_names])
+    rows = {r["id"]: r for r in d}
+    man_p = os.path.join(a.pairs, "editor_pairs.json")
+    rec: Dict[str, Any] = {"benchmark": "rrm_on_editor_edits", "pairs_set": a.pairs, "pairs": len(rows),
+                           "pairs_manifest": json.load(open(man_p)) if os.path.exists(man_p) else None,
+                           "oracle_with_ties": 1.0 if all(not r.get("label_flipped") for r in rows.values()) else None,
+                           "judges": {}}
+    for item in a.evals:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"rrm_on_editor_edits: expected NAME=eval.json, got {item!r}")
+        ev = json.load(open(path))
+        m = ev["metrics"]
+        rec["judges"][name] = {"model": ev.get("model"), "with_ties": m["accuracy_with_ties"], "strict": m["accuracy"],
+                               "strict_chance": m.get("chance_strict"), "tie_rate": m.get("tie_rate"),
+                               "parse_rate": m.get("parse_rate"), **per_edit(*edits_of(ev, rows)), "file": path}
+    rec["command"] = " ".join(["python", *sys.argv] if argv is None else ["rrm_on_editor_edits.main", *argv])
+    from common import emit
+
+    return emit(rec, a.out)
+
+
+if __name__ == "__main__":
+    main()
