@@ -82,6 +82,11 @@ def test_build_editor_pairs_gives_gcpo_pairs_of_real_editor_edits(sandbox_dir, t
         assert r["prompt_id"].startswith("train-") and int(r["prompt_id"].split("-")[1]) in range(2, 8)
     with pytest.raises(ValueError, match="already exists"):
         build_editor_pairs(out, cfg, quiet=True)
+    with pytest.raises(ValueError, match=r"mix_with=.*missing column.*'image_a'.* of the pairs schema"):
+        build_editor_pairs(str(tmp_path / "ep3"), EditorPairsConfig(prompts=f"{sandbox_dir}/prompts_train", start=0,
+                                                                     n_prompts=2, min_gap=0.0,
+                                                                     mix_with=f"{sandbox_dir}/prompts_train"),
+                           quiet=True)
     with pytest.raises(ValueError, match="n_prompts"):
         build_editor_pairs(str(tmp_path / "ep2"), EditorPairsConfig(prompts=f"{sandbox_dir}/prompts_train",
                                                                      start=60, n_prompts=10), quiet=True)

@@ -85,7 +85,7 @@ def pair_row(pid: str, n: int, src_png: bytes, instruction: str, principles: lis
             "label_flipped": bool(flip)}
 
 
-def _append(base, path: Optional[str], size: int, feats, what: str):
+def _append(base, path: Optional[str], size: int, feats, what: str, schema: str):
     """`base` followed by the first `size` rows (0: all) of the dataset at `path`, in `feats`' columns."""
     import datasets as ds
 
@@ -96,7 +96,7 @@ def _append(base, path: Optional[str], size: int, feats, what: str):
     other = load_hf_dataset(path)
     missing = [c for c in feats if c not in other.column_names]
     if missing:
-        raise ValueError(f"{what}={path}: missing column(s) {missing} of the {what.split('_')[0]} schema")
+        raise ValueError(f"{what}={path}: missing column(s) {missing} of the {schema} schema")
     other = other.select_columns(list(feats))
     if size:
         other = other.select(range(min(size, len(other))))
@@ -185,13 +185,14 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         raise ValueError(f"no untied pairs among {stats['edits']} edits (min_gap={cfg.min_gap}); lower min_gap")
     feats = _features("pairs")
     out_ds = ds.Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats)
-    out_ds, mixed = _append(out_ds, cfg.mix_with, cfg.mix_size, feats, "mix_with")
+    out_ds, mixed = _append(out_ds, cfg.mix_with, cfg.mix_size, feats, "mix_with", "pairs")
     out_ds.save_to_disk(out)
     trace_counts = {}
     if cfg.traces_out:
         tf = _features("traces")
         tr_ds = ds.Dataset.from_dict({k: [r[k] for r in trace_rows] for k in tf}, features=tf)
-        tr_ds, tmixed = _append(tr_ds, cfg.traces_mix_with, cfg.traces_mix_size, tf, "traces_mix_with")
+        tr_ds, tmixed = _append(tr_ds, cfg.traces_mix_with, cfg.traces_mix_size, tf, "traces_mix_with",
+                                 "traces")
         tr_ds.save_to_disk(cfg.traces_out)
         trace_counts = {"traces": len(trace_rows), "traces_mixed_rows": tmixed, "traces_out": cfg.traces_out}
     sc = np.asarray(all_scores, dtype=float)
