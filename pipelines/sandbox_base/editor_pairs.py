@@ -78,9 +78,10 @@ def pair_row(pid: str, n: int, src_png: bytes, instruction: str, principles: lis
     preferred = "a" if score_a > score_b else "b"
     if flip:
         preferred = "b" if preferred == "a" else "a"
-    img = lambda b: {"bytes": b, "path": None}  # noqa: E731
-    return {"id": f"editor-pair-{n:06d}", "prompt_id": pid, "source_image": img(src_png), "instruction": instruction,
-            "principles": principles, "image_a": img(png_a), "image_b": img(png_b), "preferred": preferred,
+    from edit_rlhf.sandbox.build import _image
+
+    return {"id": f"editor-pair-{n:06d}", "prompt_id": pid, "source_image": _image(src_png), "instruction": instruction,
+            "principles": principles, "image_a": _image(png_a), "image_b": _image(png_b), "preferred": preferred,
             "score_a": float(score_a), "score_b": float(score_b), "grade_a": EDITOR_GRADE, "grade_b": EDITOR_GRADE,
             "label_flipped": bool(flip)}
 
@@ -111,8 +112,7 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
     from edit_rlhf.config import GRPOConfig, load_config
     from edit_rlhf.data.prompts import EditPromptDataset
     from edit_rlhf.grpo.rollout import EditorRollout
-    from edit_rlhf.rewards.oracle import oracle_detail
-    from edit_rlhf.sandbox.build import _features, png_bytes
+    from edit_rlhf.sandbox.build import _features, _image, png_bytes
     from edit_rlhf.sandbox.oracle import parse_oracle_record, verify
     from edit_rlhf.sandbox.traces import oracle_trace
 
@@ -138,26 +138,31 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         row = data.row(i, ["id", "source_image", "instruction", "principles", "oracle"])
         seeds = [int(cfg.seed) * 1_000_003 + i * cfg.samples + k for k in range(cfg.samples)]
         _, images, _ = roll.rollout("train", i, seeds)
+        src_png = png_bytes(row["source_image"])
+        pngs = [png_bytes(img) for img in images]
         scores = []
+        try:
+            scene, edit, prs = parse_oracle_record(row["oracle"])
+        except (ValueError, KeyError, TypeError) as e:
+            scene, why = None, e
         for j, img in enumerate(images):
             try:
-                if cfg.traces_out:
-                    scene, edit, prs = parse_oracle_record(row["oracle"])
-                    res = verify(scene, edit, prs, img)
-                    trace_rows.append({
-                        "id": f"{row['id']}-e{j}-trace", "prompt_id": row["id"],
-                        "source_image": {"bytes": png_bytes(row["source_image"]), "path": None},
-                        "instruction": row["instruction"], "principles": row["principles"],
-                        "edited_image": {"bytes": png_bytes(img), "path": None}, "grade": EDITOR_GRADE,
-                        "trace_text": oracle_trace(scene, None, prs, res, compare=True),
-                        "checks": [int(c) for c in res.checks], "oracle_score": float(res.score)})
-                    scores.append(float(res.score))
-                else:
-                    scores.append(oracle_detail(row["oracle"], img)["oracle_score"])
+                if scene is None:
+                    raise ValueError(f"bad oracle record: {why}")
+                res = verify(scene, edit, prs, img)
             except (ValueError, KeyError, TypeError) as e:  # counted, never silent
                 stats["oracle_failed"] += 1
                 log.warning("oracle failed on %s: %s", row["id"], e)
                 scores.append(float("nan"))
+                continue
+            scores.append(float(res.score))
+            if cfg.traces_out:
+                trace_rows.append({
+                    "id": f"{row['id']}-e{j}-trace", "prompt_id": row["id"], "source_image": _image(src_png),
+                    "instruction": row["instruction"], "principles": row["principles"],
+                    "edited_image": _image(pngs[j]), "grade": EDITOR_GRADE,
+                    "trace_text": oracle_trace(scene, None, prs, res, compare=True),
+                    "checks": [int(c) for c in res.checks], "oracle_score": float(res.score)})
         ok = [j for j, s in enumerate(scores) if np.isfinite(s)]
         stats["prompts"] += 1
         stats["edits"] += len(images)
@@ -168,8 +173,6 @@ def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) ->
         stats["ties_skipped"] += ties
         if not chosen:
             stats["prompts_without_pair"] += 1
-        pngs = {j: png_bytes(images[j]) for j in ok}
-        src_png = png_bytes(row["source_image"])
         for a, b in chosen:
             a, b = ok[a], ok[b]
             if rng.random() < 0.5:  # random sides
