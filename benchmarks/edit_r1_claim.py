@@ -98,15 +98,10 @@ def editor_part(editor: List[Dict[str, Any]]) -> Dict[str, Any]:
 def editor_edits_part(evals: List[str]) -> Dict[str, Any]:
     """Judges on pairs of the editor's own edits (`edit-rlhf sandbox editor-pairs`, oracle labels without noise, so
     the oracle's own accuracy there is 1.0): `name=eval-rrm.json` each, in the order given."""
-    out: Dict[str, Any] = {}
-    for item in evals:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"edit_r1_claim: --editor-pairs-eval takes NAME=EVAL.json, got {item!r}")
-        m = _load(path)["metrics"]
-        out[name] = {"with_ties": m["accuracy_with_ties"], "strict": m["accuracy"],
-                     "strict_chance": m.get("chance_strict"), "pairs": m.get("pairs"), "parse_rate": m.get("parse_rate"),
-                     "tie_rate": m.get("tie_rate"), "file": path}
+    from rrm_on_editor_edits import judge_figures, named_evals
+
+    out = {name: {**judge_figures(_load(path)["metrics"]), "file": path}
+           for name, path in named_evals(evals, "edit_r1_claim: --editor-pairs-eval")}
     return {"rrm_on_editor_edits": out} if out else {}
 
 

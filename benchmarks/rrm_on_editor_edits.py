@@ -37,6 +37,24 @@ def per_edit(oracle: Sequence[float], rrm: Sequence[float]) -> Dict[str, Any]:
     return out
 
 
+def named_evals(items: Sequence[str], flag: str) -> List[Tuple[str, str]]:
+    """`NAME=eval.json` arguments -> [(name, path)], in order; anything else stops with the flag named."""
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag} takes NAME=EVAL.json, got {item!r}")
+        out.append((name, path))
+    return out
+
+
+def judge_figures(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The pairwise figures of one eval-rrm output's metrics, beside their chance level."""
+    m = metrics
+    return {"with_ties": m["accuracy_with_ties"], "strict": m["accuracy"], "strict_chance": m.get("chance_strict"),
+            "pairs": m.get("pairs"), "tie_rate": m.get("tie_rate"), "parse_rate": m.get("parse_rate")}
+
+
 def edits_of(ev: Dict[str, Any], rows: Dict[str, Dict[str, Any]]) -> Tuple[List[float], List[float]]:
     """(oracle, rrm) score per scored edit of an eval-rrm output, matched to the pairs set by pair id."""
     oracle, rrm = [], []
@@ -68,15 +86,10 @@ def main(argv=None) -> Dict[str, Any]:
                            "pairs_manifest": json.load(open(man_p)) if os.path.exists(man_p) else None,
                            "oracle_with_ties": 1.0 if all(not r.get("label_flipped") for r in rows.values()) else None,
                            "judges": {}}
-    for item in a.evals:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SystemExit(f"rrm_on_editor_edits: expected NAME=eval.json, got {item!r}")
+    for name, path in named_evals(a.evals, "rrm_on_editor_edits"):
         ev = json.load(open(path))
-        m = ev["metrics"]
-        rec["judges"][name] = {"model": ev.get("model"), "with_ties": m["accuracy_with_ties"], "strict": m["accuracy"],
-                               "strict_chance": m.get("chance_strict"), "tie_rate": m.get("tie_rate"),
-                               "parse_rate": m.get("parse_rate"), **per_edit(*edits_of(ev, rows)), "file": path}
+        rec["judges"][name] = {"model": ev.get("model"), **judge_figures(ev["metrics"]), **per_edit(*edits_of(ev, rows)),
+                               "file": path}
     rec["command"] = " ".join(["python", *sys.argv] if argv is None else ["rrm_on_editor_edits.main", *argv])
     from common import emit
 
