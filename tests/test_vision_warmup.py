@@ -83,3 +83,36 @@ def test_bad_settings_are_named(tmp_path):
         run_vision_warmup(str(tmp_path / "v"), None, ["degraded_frac=1.5"], quiet=True)
     with pytest.raises(SystemExit, match="not a model folder"):
         run_vision_warmup(str(tmp_path / "v"), None, [f"init={tmp_path}"], quiet=True)
+
+
+@pytest.mark.integration
+def test_editor_pool_labels_the_editors_own_edits_with_what_the_oracle_sees(sandbox_dir):
+    from edit_rlhf.config.sft import VisionWarmupConfig
+    from edit_rlhf.pipelines.sandbox_base.editor_pairs import scored_edits
+    from edit_rlhf.pipelines.sandbox_base.vision import editor_pool
+
+    cfg = VisionWarmupConfig(editor_samples=3)
+    images, seens = editor_pool(cfg, f"{sandbox_dir}/prompts_train", 4, 2, seed=0)
+    assert len(images) == len(seens) == 6 and images[0].shape == (64, 64, 3)
+    # the same edits and verdicts as the editor-pairs builder samples (same editor, seeds and oracle)
+    groups = list(scored_edits(f"{sandbox_dir}/prompts_train", cfg.editor_config, None, 4, 2, 3, 0, {}))
+    assert [np.array_equal(a, b) for a, b in zip(images, [im for g in groups for im in g["images"]])] == [True] * 6
+    assert seens == [r.detail["seen"] for g in groups for r in g["results"]]
+    assert attribute_targets(seens).shape == (6, len(target_sizes()))
+
+
+@pytest.mark.integration
+def test_warmup_with_editor_edits_evaluates_them_held_out(tiny_models, sandbox_dir, tmp_path):
+    rec = run_vision_warmup(str(tmp_path / "v"), None, [
+        f"init={tiny_models['rrm']}", "steps=2", "batch_size=8", "eval_n=4", "eval_every=0", "warmup_steps=1",
+        "editor_frac=1.0", f"editor_prompts={sandbox_dir}/prompts_train", "editor_start=0", "editor_n_prompts=2",
+        "editor_samples=2", f"editor_eval_prompts={sandbox_dir}/prompts_eval"], quiet=True)
+    last = rec["curve"][-1]
+    assert "editor/shapes_exact" in last and "editor/defect/accuracy" in last and last["train_loss"] > 0
+
+
+def test_editor_and_candidate_fractions_may_not_exceed_a_batch(tmp_path):
+    with pytest.raises(Exception, match="candidate_frac \\+ editor_frac"):
+        run_vision_warmup(str(tmp_path / "v"), None, ["candidate_frac=0.6", "editor_frac=0.6"], quiet=True)
+    with pytest.raises(Exception, match="editor_samples"):
+        run_vision_warmup(str(tmp_path / "v"), None, ["editor_samples=0"], quiet=True)

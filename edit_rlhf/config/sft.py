@@ -253,6 +253,15 @@ class VisionWarmupConfig:
     degraded_frac: float = 0.5  # of the fresh scenes
     candidate_frac: float = 0.0  # of each batch: graded candidate edits (partial, over-edit, moved, ...) from a pool
     candidate_pool: int = 4000  # candidate edits generated once (the oracle's `seen` of each is its target)
+    # The editor's own SDE edits (a GRPO group per prompt, `editor_config`'s editor), targets = what the oracle sees:
+    # the images the RRM rewards in Flow-GRPO, unlike rendered candidates (pipelines/sandbox_base/editor_pairs.py).
+    editor_frac: float = 0.0  # of each batch
+    editor_config: str = "configs/sandbox_tiny.yaml"
+    editor_prompts: str = ".cache/sandbox_big/prompts_train"  # training pool: rows editor_start .. + editor_n_prompts
+    editor_start: int = 512  # the default GRPO data uses rows 0-511
+    editor_n_prompts: int = 512
+    editor_samples: int = 8  # edits per prompt
+    editor_eval_prompts: str = ".cache/sandbox/prompts_eval"  # held-out: its first eval_n / editor_samples prompts
     eval_every: int = 2000  # 0: evaluate at the start and the end only
     eval_n: int = 500
     eval_seed: int = 5
@@ -264,7 +273,13 @@ class VisionWarmupConfig:
         for k in ("warmup_steps", "eval_every", "weight_decay"):
             _positive(k, getattr(self, k), strict=False)
         _positive("candidate_pool", self.candidate_pool)
-        for k in ("degraded_frac", "min_lr_ratio", "candidate_frac"):
+        for k in ("editor_n_prompts", "editor_samples"):
+            _positive(k, getattr(self, k))
+        _positive("editor_start", self.editor_start, strict=False)
+        if self.candidate_frac + self.editor_frac > 1:
+            raise ValueError(f"candidate_frac + editor_frac: must be <= 1, got {self.candidate_frac} + "
+                             f"{self.editor_frac}")
+        for k in ("degraded_frac", "min_lr_ratio", "candidate_frac", "editor_frac"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ValueError(f"{k}: must be in [0, 1], got {getattr(self, k)}")
 

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -104,64 +104,78 @@ def _append(base, path: Optional[str], size: int, feats, what: str, schema: str)
     return ds.concatenate_datasets([base, other.cast(feats)]), len(other)
 
 
+def scored_edits(prompts: str, editor_config: str, lora: Optional[str], start: int, n_prompts: int, samples: int,
+                 seed: int, stats: Dict[str, int]) -> Iterator[Dict[str, Any]]:
+    """Per prompt row `start` .. `start + n_prompts - 1` of `prompts`: `samples` SDE edits sampled as one GRPO group
+    of `editor_config`'s editor (with `lora`), each verified once by the oracle. Yields {'index', 'row', 'images',
+    'results' (an OracleResult per edit, None where the oracle failed: counted in `stats['oracle_failed']` and
+    logged), 'scene' and 'principles' (the oracle record's)}. Edit k of row i is seeded by seed * 1000003 + i * samples + k."""
+    from edit_rlhf.config import GRPOConfig, load_config
+    from edit_rlhf.data.prompts import EditPromptDataset
+    from edit_rlhf.grpo.rollout import EditorRollout
+    from edit_rlhf.sandbox.oracle import parse_oracle_record, verify
+
+    data = EditPromptDataset(prompts, require=("oracle", "principles"), validate="schema")
+    if start + n_prompts > len(data):
+        raise ValueError(f"{prompts} has {len(data)} rows; start={start} + n_prompts={n_prompts} is more")
+    gcfg = load_config(GRPOConfig, editor_config, [f"data.train={prompts}", "data.eval=null"])
+    roll = EditorRollout(gcfg, {"train": prompts})
+    if lora:
+        roll.use_lora_dir(lora)
+    stats.setdefault("oracle_failed", 0)
+    for i in range(start, start + n_prompts):
+        row = data.row(i, ["id", "source_image", "instruction", "principles", "oracle"])
+        _, images, _ = roll.rollout("train", i, [int(seed) * 1_000_003 + i * samples + k for k in range(samples)])
+        try:
+            scene, edit, prs = parse_oracle_record(row["oracle"])
+        except (ValueError, KeyError, TypeError) as e:
+            scene, prs, why = None, None, e
+        results = []
+        for img in images:
+            try:
+                if scene is None:
+                    raise ValueError(f"bad oracle record: {why}")
+                results.append(verify(scene, edit, prs, img))
+            except (ValueError, KeyError, TypeError) as e:  # counted, never silent
+                stats["oracle_failed"] += 1
+                log.warning("oracle failed on %s: %s", row["id"], e)
+                results.append(None)
+        yield {"index": i, "row": row, "images": images, "results": results, "scene": scene, "principles": prs}
+
+
 def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) -> Dict[str, Any]:
     """Sample, score and pair (module docstring); writes `out` (a save_to_disk folder, with the manifest as
     `out/editor_pairs.json`). Returns the manifest."""
     import datasets as ds
 
-    from edit_rlhf.config import GRPOConfig, load_config
-    from edit_rlhf.data.prompts import EditPromptDataset
-    from edit_rlhf.grpo.rollout import EditorRollout
     from edit_rlhf.sandbox.build import _features, _image, png_bytes
-    from edit_rlhf.sandbox.oracle import parse_oracle_record, verify
     from edit_rlhf.sandbox.traces import oracle_trace
 
     t0 = time.time()
     for path in (out, cfg.traces_out):
         if path and os.path.exists(path):
             raise ValueError(f"{path} already exists; remove it or pick another folder")
-    data = EditPromptDataset(cfg.prompts, require=("oracle", "principles"), validate="schema")
-    if cfg.start + cfg.n_prompts > len(data):
-        raise ValueError(f"{cfg.prompts} has {len(data)} rows; start={cfg.start} + n_prompts={cfg.n_prompts} "
-                         f"is more")
-    gcfg = load_config(GRPOConfig, cfg.editor_config, [f"data.train={cfg.prompts}", "data.eval=null"])
-    roll = EditorRollout(gcfg, {"train": cfg.prompts})
-    if cfg.lora:
-        roll.use_lora_dir(cfg.lora)
     rng = np.random.default_rng([cfg.seed, 7])
     rows: List[Dict[str, Any]] = []
     trace_rows: List[Dict[str, Any]] = []
     stats = {"prompts": 0, "edits": 0, "ties_skipped": 0, "prompts_without_pair": 0, "flipped": 0,
              "oracle_failed": 0}
     all_scores, group_std = [], []
-    for i in range(cfg.start, cfg.start + cfg.n_prompts):
-        row = data.row(i, ["id", "source_image", "instruction", "principles", "oracle"])
-        seeds = [int(cfg.seed) * 1_000_003 + i * cfg.samples + k for k in range(cfg.samples)]
-        _, images, _ = roll.rollout("train", i, seeds)
+    for g in scored_edits(cfg.prompts, cfg.editor_config, cfg.lora, cfg.start, cfg.n_prompts, cfg.samples, cfg.seed,
+                          stats):
+        row, images = g["row"], g["images"]
         src_png = png_bytes(row["source_image"])
         pngs = [png_bytes(img) for img in images]
-        scores = []
-        try:
-            scene, edit, prs = parse_oracle_record(row["oracle"])
-        except (ValueError, KeyError, TypeError) as e:
-            scene, why = None, e
-        for j, img in enumerate(images):
-            try:
-                if scene is None:
-                    raise ValueError(f"bad oracle record: {why}")
-                res = verify(scene, edit, prs, img)
-            except (ValueError, KeyError, TypeError) as e:  # counted, never silent
-                stats["oracle_failed"] += 1
-                log.warning("oracle failed on %s: %s", row["id"], e)
-                scores.append(float("nan"))
-                continue
-            scores.append(float(res.score))
-            if cfg.traces_out:
+        scores = [float("nan") if res is None else float(res.score) for res in g["results"]]
+        if cfg.traces_out:
+            for j, res in enumerate(g["results"]):
+                if res is None:
+                    continue
                 trace_rows.append({
                     "id": f"{row['id']}-e{j}-trace", "prompt_id": row["id"], "source_image": _image(src_png),
                     "instruction": row["instruction"], "principles": row["principles"],
                     "edited_image": _image(pngs[j]), "grade": EDITOR_GRADE,
-                    "trace_text": oracle_trace(scene, None, prs, res, compare=True),
+                    "trace_text": oracle_trace(g["scene"], None, g["principles"], res, compare=True),
                     "checks": [int(c) for c in res.checks], "oracle_score": float(res.score)})
         ok = [j for j, s in enumerate(scores) if np.isfinite(s)]
         stats["prompts"] += 1

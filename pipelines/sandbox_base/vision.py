@@ -14,7 +14,9 @@ tokens, predicts per shape kind "absent" or its colour, its second colour (a hal
 every step (`sandbox.scene.sample_scene`, a `degraded_frac` of them degraded by `sandbox.candidates.degrade`);
 a `candidate_frac` of each batch comes from a pool of the sandbox's graded candidate edits (partial, over-edit,
 wrong object, moved, resized, degraded, ...) whose targets are what the oracle sees in them (`oracle.verify`'s
-`seen`). Only the vision tower and the head train; the head is discarded, and OUT is the
+`seen`), and an `editor_frac` from a pool of the sandbox editor's own SDE edits (`editor_pool`), labelled the same
+way - the blurry, half-done images the RRM has to judge when it rewards Flow-GRPO, which a tower warmed on
+renders alone does not read (linear probes of its tokens on editor edits sit at the majority rate). Only the vision tower and the head train; the head is discarded, and OUT is the
 init model with its new vision tower - same architecture, same processor, the language model bit for bit.
 The RRM SFT (`rrm-sft`, model.path=OUT) then teaches the language model to read the new visual tokens.
 OUT/vision.json records the held-out attribute accuracies (beside their majority rates) along the way.
@@ -110,6 +112,25 @@ def candidate_pool(n: int, seed: int, offset: int = 300000) -> Tuple[List[np.nda
     return images, seens
 
 
+def editor_pool(cfg, prompts: str, start: int, n_prompts: int, seed: int, say=lambda msg: None
+                ) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+    """The editor's own SDE edits of `n_prompts` prompt rows from `start` (`cfg.editor_samples` per prompt, sampled
+    as a GRPO group of `cfg.editor_config`'s editor), with what the oracle sees in each; edits the oracle cannot
+    verify are left out and counted."""
+    from .editor_pairs import scored_edits
+
+    stats: Dict[str, int] = {}
+    images, seens = [], []
+    for g in scored_edits(prompts, cfg.editor_config, None, start, n_prompts, cfg.editor_samples, seed, stats):
+        for img, res in zip(g["images"], g["results"]):
+            if res is not None:
+                images.append(img)
+                seens.append(res.detail["seen"])
+    if stats.get("oracle_failed"):
+        say(f"{prompts}: {stats['oracle_failed']} editor edits the oracle could not verify, left out")
+    return images, seens
+
+
 class AttributeHead(torch.nn.Module):
     """Linear per visual token, max-pooled over each image's tokens: (N*T, D) -> one logit block per target
     column of `target_sizes()`."""
@@ -183,6 +204,14 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
         evals["candidates/"] = candidate_pool(cfg.eval_n, cfg.eval_seed, offset=400000)
         pool = candidate_pool(cfg.candidate_pool, cfg.seed)
         say(f"{cfg.candidate_pool} training and {cfg.eval_n} held-out candidate edits in {time.time() - t0:.0f}s")
+    editor: Tuple[List[np.ndarray], List[Dict[str, Any]]] = ([], [])
+    if cfg.editor_frac > 0:
+        t1 = time.time()
+        evals["editor/"] = editor_pool(cfg, cfg.editor_eval_prompts, 0, max(1, cfg.eval_n // cfg.editor_samples),
+                                       cfg.eval_seed, say)
+        editor = editor_pool(cfg, cfg.editor_prompts, cfg.editor_start, cfg.editor_n_prompts, cfg.seed, say)
+        say(f"{len(editor[0])} training and {len(evals['editor/'][0])} held-out editor edits in "
+            f"{time.time() - t1:.0f}s")
     y_evals = {k: attribute_targets(v[1]) for k, v in evals.items()}
     curve: List[Dict[str, Any]] = []
 
@@ -194,15 +223,18 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
         curve.append(r)
         say(f"step {step}: shapes exact {r['shapes_exact']:.3f}, defect {r['defect/accuracy']:.3f} "
             f"(majority {r['defect/majority']:.3f})" + (f"; candidate edits: shapes exact "
-            f"{r['candidates/shapes_exact']:.3f}" if "candidates/shapes_exact" in r else ""))
+            f"{r['candidates/shapes_exact']:.3f}" if "candidates/shapes_exact" in r else "")
+            + (f"; editor edits: shapes exact {r['editor/shapes_exact']:.3f}" if "editor/shapes_exact" in r else ""))
 
     def batch(step: int) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
         rng = np.random.default_rng([cfg.seed, step])
         n_pool = int(rng.binomial(cfg.batch_size, cfg.candidate_frac)) if pool[0] else 0
-        images, seens = sample_images(rng, cfg.batch_size - n_pool, cfg.degraded_frac)
-        for i in rng.integers(0, len(pool[0]), n_pool) if n_pool else []:
-            images.append(pool[0][i])
-            seens.append(pool[1][i])
+        n_ed = min(int(rng.binomial(cfg.batch_size, cfg.editor_frac)), cfg.batch_size - n_pool) if editor[0] else 0
+        images, seens = sample_images(rng, cfg.batch_size - n_pool - n_ed, cfg.degraded_frac)
+        for src, n in ((pool, n_pool), (editor, n_ed)):
+            for i in rng.integers(0, len(src[0]), n) if n else []:
+                images.append(src[0][i])
+                seens.append(src[1][i])
         return images, seens
 
     visual.train()
