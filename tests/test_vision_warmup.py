@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edit_rlhf.pipelines.sandbox_base.vision import (DEFECTS, AttributeHead, attribute_accuracy, attribute_targets,
-                                                     candidate_pool, run_vision_warmup, sample_images, scene_seen,
-                                                     target_sizes)
+                                                     candidate_pool, head_loss, run_vision_warmup, sample_images,
+                                                     scene_seen, target_sizes)
 from edit_rlhf.sandbox.scene import BACKGROUNDS, LOCATIONS, SHAPE_COLORS, Scene, Shape
 
 
@@ -92,8 +92,9 @@ def test_editor_pool_labels_the_editors_own_edits_with_what_the_oracle_sees(sand
     from edit_rlhf.pipelines.sandbox_base.vision import editor_pool
 
     cfg = VisionWarmupConfig(editor_samples=3)
-    images, seens = editor_pool(cfg, f"{sandbox_dir}/prompts_train", 4, 2, seed=0)
-    assert len(images) == len(seens) == 6 and images[0].shape == (64, 64, 3)
+    images, seens, sources = editor_pool(cfg, f"{sandbox_dir}/prompts_train", 4, 2, seed=0)
+    assert len(images) == len(seens) == len(sources) == 6 and images[0].shape == sources[0].shape == (64, 64, 3)
+    assert np.array_equal(sources[0], sources[2]) and not np.array_equal(sources[0], sources[3])  # 3 edits a prompt
     # the same edits and verdicts as the editor-pairs builder samples (same editor, seeds and oracle)
     groups = list(scored_edits(f"{sandbox_dir}/prompts_train", cfg.editor_config, None, 4, 2, 3, 0, {}))
     assert [np.array_equal(a, b) for a, b in zip(images, [im for g in groups for im in g["images"]])] == [True] * 6
@@ -108,6 +109,7 @@ def test_warmup_with_editor_edits_evaluates_them_held_out(tiny_models, sandbox_d
         "editor_frac=1.0", f"editor_prompts={sandbox_dir}/prompts_train", "editor_start=0", "editor_n_prompts=2",
         "editor_samples=2", f"editor_eval_prompts={sandbox_dir}/prompts_eval"], quiet=True)
     last = rec["curve"][-1]
+    assert [c["step"] for c in rec["curve"]] == [0, 2]
     assert "editor/shapes_exact" in last and "editor/defect/accuracy" in last and last["train_loss"] > 0
 
 
@@ -116,3 +118,17 @@ def test_editor_and_candidate_fractions_may_not_exceed_a_batch(tmp_path):
         run_vision_warmup(str(tmp_path / "v"), None, ["candidate_frac=0.6", "editor_frac=0.6"], quiet=True)
     with pytest.raises(Exception, match="editor_samples"):
         run_vision_warmup(str(tmp_path / "v"), None, ["editor_samples=0"], quiet=True)
+
+
+def test_pair_head_reads_source_and_edit_tokens_at_the_same_position():
+    from edit_rlhf.pipelines.sandbox_base.vision import PairHead
+
+    torch.manual_seed(0)
+    head = PairHead(4, target_sizes())
+    src, edit = torch.randn(2 * 3, 4), torch.randn(2 * 3, 4)
+    out = head((src, edit), 2)
+    assert [o.shape for o in out] == [(2, n) for n in target_sizes()]
+    # the same edit with another source gives other logits: the source is read
+    assert not torch.allclose(out[0], head((torch.randn(2 * 3, 4), edit), 2)[0])
+    y = attribute_targets([scene_seen(Scene("white", [Shape("circle", "red", 12, 12, 8)]))] * 2)
+    assert float(head_loss(head, (src, edit), y)) > 0

@@ -16,7 +16,10 @@ a `candidate_frac` of each batch comes from a pool of the sandbox's graded candi
 wrong object, moved, resized, degraded, ...) whose targets are what the oracle sees in them (`oracle.verify`'s
 `seen`), and an `editor_frac` from a pool of the sandbox editor's own SDE edits (`editor_pool`), labelled the same
 way - the blurry, half-done images the RRM has to judge when it rewards Flow-GRPO, which a tower warmed on
-renders alone does not read (linear probes of its tokens on editor edits sit at the majority rate). Only the vision tower and the head train; the head is discarded, and OUT is the
+renders alone does not read (linear probes of its tokens on editor edits sit at the majority rate). What the oracle
+sees in such an edit is anchored to the source (a blob where the circle was is the circle), so those examples are
+read by a second head (`PairHead`) from the source's and the edit's tokens at each grid position, as the RRM gets
+both images. Only the vision tower and the head train; the head is discarded, and OUT is the
 init model with its new vision tower - same architecture, same processor, the language model bit for bit.
 The RRM SFT (`rrm-sft`, model.path=OUT) then teaches the language model to read the new visual tokens.
 OUT/vision.json records the held-out attribute accuracies (beside their majority rates) along the way.
@@ -113,22 +116,25 @@ def candidate_pool(n: int, seed: int, offset: int = 300000) -> Tuple[List[np.nda
 
 
 def editor_pool(cfg, prompts: str, start: int, n_prompts: int, seed: int, say=lambda msg: None
-                ) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+                ) -> Tuple[List[np.ndarray], List[Dict[str, Any]], List[np.ndarray]]:
     """The editor's own SDE edits of `n_prompts` prompt rows from `start` (`cfg.editor_samples` per prompt, sampled
-    as a GRPO group of `cfg.editor_config`'s editor), with what the oracle sees in each; edits the oracle cannot
-    verify are left out and counted."""
+    as a GRPO group of `cfg.editor_config`'s editor), what the oracle sees in each, and each edit's source (as the
+    editor saw it); edits the oracle cannot verify are left out and counted."""
+    from edit_rlhf.data.images import editor_view
+
     from .editor_pairs import scored_edits
 
     stats: Dict[str, int] = {}
-    images, seens = [], []
+    images, seens, sources = [], [], []
     for g in scored_edits(prompts, cfg.editor_config, None, start, n_prompts, cfg.editor_samples, seed, stats):
         for img, res in zip(g["images"], g["results"]):
             if res is not None:
                 images.append(img)
                 seens.append(res.detail["seen"])
+                sources.append(editor_view(g["row"]["source_image"], *np.asarray(img).shape[:2]))
     if stats.get("oracle_failed"):
         say(f"{prompts}: {stats['oracle_failed']} editor edits the oracle could not verify, left out")
-    return images, seens
+    return images, seens, sources
 
 
 class AttributeHead(torch.nn.Module):
@@ -145,11 +151,25 @@ class AttributeHead(torch.nn.Module):
         return list(pooled.split(self.sizes, dim=1))
 
 
-def head_loss(head: AttributeHead, tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+class PairHead(AttributeHead):
+    """An AttributeHead on (source token, edit token) pairs at the same grid position: what the oracle sees in an
+    editor edit is anchored to the source (a blob where the circle was *is* the circle, recoloured or not), so it
+    is not a function of the edited image alone - a single-image head on editor edits stays at the majority rate.
+    forward((src (N*T, D), edit (N*T, D)), N)."""
+
+    def __init__(self, hidden: int, sizes: Sequence[int]):
+        super().__init__(2 * hidden, sizes)
+
+    def forward(self, tokens, n_images: int) -> List[torch.Tensor]:
+        src, edit = tokens
+        return super().forward(torch.cat([src, edit], dim=-1), n_images)
+
+
+def head_loss(head: AttributeHead, tokens, y: torch.Tensor) -> torch.Tensor:
     return sum(torch.nn.functional.cross_entropy(lo, y[:, j]) for j, lo in enumerate(head(tokens, len(y))))
 
 
-def attribute_accuracy(head: AttributeHead, tokens: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+def attribute_accuracy(head: AttributeHead, tokens, y: torch.Tensor) -> Dict[str, float]:
     """Held-out accuracy per attribute beside its majority rate: `<kind>_present`, `<kind>_color`,
     `<kind>_color2` and `<kind>_place` (over images where the kind is seen), `background`, `defect`, and
     `shapes_exact` (every kind's presence and colour right)."""
@@ -193,7 +213,8 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
     visual = vision_tower(model)
     torch.manual_seed(cfg.seed)
     head = AttributeHead(model.config.text_config.hidden_size, target_sizes())
-    params = list(visual.parameters()) + list(head.parameters())
+    pair_head = PairHead(model.config.text_config.hidden_size, target_sizes())  # editor edits, read with their source
+    params = list(visual.parameters()) + list(head.parameters()) + list(pair_head.parameters())
     for p in visual.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -204,7 +225,7 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
         evals["candidates/"] = candidate_pool(cfg.eval_n, cfg.eval_seed, offset=400000)
         pool = candidate_pool(cfg.candidate_pool, cfg.seed)
         say(f"{cfg.candidate_pool} training and {cfg.eval_n} held-out candidate edits in {time.time() - t0:.0f}s")
-    editor: Tuple[List[np.ndarray], List[Dict[str, Any]]] = ([], [])
+    editor: Tuple[List[np.ndarray], List[Dict[str, Any]], List[np.ndarray]] = ([], [], [])
     if cfg.editor_frac > 0:
         t1 = time.time()
         evals["editor/"] = editor_pool(cfg, cfg.editor_eval_prompts, 0, max(1, cfg.eval_n // cfg.editor_samples),
@@ -215,27 +236,31 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
     y_evals = {k: attribute_targets(v[1]) for k, v in evals.items()}
     curve: List[Dict[str, Any]] = []
 
+    def features(images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(vision_features(model, processor, images)).reshape(-1, head.linear.in_features)
+
     def evaluate(step: int, loss: Optional[float]) -> None:
         r: Dict[str, Any] = {"step": step, "seconds": round(time.time() - t0, 1), "train_loss": loss}
-        for k, (images, _) in evals.items():
-            tok = torch.from_numpy(vision_features(model, processor, images)).reshape(-1, head.linear.in_features)
-            r.update({f"{k}{name}": v for name, v in attribute_accuracy(head, tok, y_evals[k]).items()})
+        for k, ev in evals.items():
+            acc = (attribute_accuracy(pair_head, (features(ev[2]), features(ev[0])), y_evals[k]) if k == "editor/"
+                   else attribute_accuracy(head, features(ev[0]), y_evals[k]))
+            r.update({f"{k}{name}": v for name, v in acc.items()})
         curve.append(r)
         say(f"step {step}: shapes exact {r['shapes_exact']:.3f}, defect {r['defect/accuracy']:.3f} "
             f"(majority {r['defect/majority']:.3f})" + (f"; candidate edits: shapes exact "
             f"{r['candidates/shapes_exact']:.3f}" if "candidates/shapes_exact" in r else "")
             + (f"; editor edits: shapes exact {r['editor/shapes_exact']:.3f}" if "editor/shapes_exact" in r else ""))
 
-    def batch(step: int) -> Tuple[List[np.ndarray], List[Dict[str, Any]]]:
+    def batch(step: int) -> Tuple[List[np.ndarray], List[Dict[str, Any]], List[int]]:
+        """Single images with their `seen` (fresh scenes, then candidates), and the editor-pool rows of the step."""
         rng = np.random.default_rng([cfg.seed, step])
         n_pool = int(rng.binomial(cfg.batch_size, cfg.candidate_frac)) if pool[0] else 0
         n_ed = min(int(rng.binomial(cfg.batch_size, cfg.editor_frac)), cfg.batch_size - n_pool) if editor[0] else 0
         images, seens = sample_images(rng, cfg.batch_size - n_pool - n_ed, cfg.degraded_frac)
-        for src, n in ((pool, n_pool), (editor, n_ed)):
-            for i in rng.integers(0, len(src[0]), n) if n else []:
-                images.append(src[0][i])
-                seens.append(src[1][i])
-        return images, seens
+        for i in rng.integers(0, len(pool[0]), n_pool) if n_pool else []:
+            images.append(pool[0][i])
+            seens.append(pool[1][i])
+        return images, seens, [int(i) for i in rng.integers(0, len(editor[0]), n_ed)] if n_ed else []
 
     visual.train()
     running: List[float] = []
@@ -244,8 +269,13 @@ def train_vision(model, processor, cfg, say=lambda msg: None) -> List[Dict[str, 
         for step in range(cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            images, seens = batch(step)
-            loss = head_loss(head, visual_tokens(visual, processor, images)[0], attribute_targets(seens))
+            images, seens, ed = batch(step)
+            loss = head_loss(head, visual_tokens(visual, processor, images)[0], attribute_targets(seens)) \
+                if images else 0.0
+            if ed:
+                tok = visual_tokens(visual, processor, [editor[2][i] for i in ed] + [editor[0][i] for i in ed])[0]
+                src, edit = tok.reshape(2, -1, tok.shape[-1])
+                loss = loss + head_loss(pair_head, (src, edit), attribute_targets([editor[1][i] for i in ed]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
