@@ -60,3 +60,16 @@ def test_probe_set_labels_each_image():
     assert set(labels["defect"]) <= set(DEFECTS) and "none" in labels["defect"] and len(set(labels["defect"])) > 1
     for present, color in zip(labels["square_present"], labels["square_color"]):
         assert (color is not None) == present
+
+
+@pytest.mark.integration
+def test_editor_probe_set_labels_the_editors_edits_with_what_the_oracle_sees(sandbox_dir):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from vision_probe import editor_probe_set
+
+    images, sources, labels, n_train = editor_probe_set(f"{sandbox_dir}/prompts_train", f"{sandbox_dir}/prompts_eval",
+                                                        3, 2, samples=2, train_start=0)
+    assert n_train == 6 and len(images) == len(sources) == 10 and all(len(v) == 10 for v in labels.values())
+    assert images[0].shape == sources[0].shape == (64, 64, 3) and np.array_equal(sources[0], sources[1])
+    for k in ("circle", "square", "triangle"):  # a colour exactly where the kind is seen
+        assert [c is not None for c in labels[f"{k}_color"]] == labels[f"{k}_present"]
