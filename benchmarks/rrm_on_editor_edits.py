@@ -37,6 +37,22 @@ def per_edit(oracle: Sequence[float], rrm: Sequence[float]) -> Dict[str, Any]:
     return out
 
 
+def decided(ev: Dict[str, Any]) -> Dict[str, Any]:
+    """Sign test over the pairs the judge decides (different scores): right, wrong and z = (right - wrong) /
+    sqrt(right + wrong). Within a prompt the judge ties far more often than its score marginal predicts (edits of one
+    prompt look alike), so eval-rrm's `chance_strict` (independent draws from that marginal) overstates the strict
+    chance there; right vs wrong among the decided pairs is the fair reference."""
+    right = wrong = 0
+    for p in ev["pairs"]:
+        a, b = p.get("score_preferred"), p.get("score_other")
+        if a is None or b is None or a == b:
+            continue
+        right, wrong = right + (a > b), wrong + (a < b)
+    n = right + wrong
+    return {"decided": n, "decided_right": right, "decided_wrong": wrong,
+            "decided_z": float((right - wrong) / np.sqrt(n)) if n else None}
+
+
 def named_evals(items: Sequence[str], flag: str) -> List[Tuple[str, str]]:
     """`NAME=eval.json` arguments -> [(name, path)], in order; anything else stops with the flag named."""
     out = []
@@ -88,8 +104,8 @@ def main(argv=None) -> Dict[str, Any]:
                            "judges": {}}
     for name, path in named_evals(a.evals, "rrm_on_editor_edits"):
         ev = json.load(open(path))
-        rec["judges"][name] = {"model": ev.get("model"), **judge_figures(ev["metrics"]), **per_edit(*edits_of(ev, rows)),
-                               "file": path}
+        rec["judges"][name] = {"model": ev.get("model"), **judge_figures(ev["metrics"]), **decided(ev),
+                               **per_edit(*edits_of(ev, rows)), "file": path}
     rec["command"] = " ".join(["python", *sys.argv] if argv is None else ["rrm_on_editor_edits.main", *argv])
     from common import emit
 

@@ -110,3 +110,15 @@ def test_rrm_on_editor_edits_matches_edits_to_the_oracle_by_pair():
     assert per_edit([1.0, 1.0, 1.0], [2.0, 5.0, 3.0])["pearson_r"] is None   # no spread: no r
     with pytest.raises(ValueError, match="not in the pairs set"):
         edits_of({"pairs": [{"id": "zz", "score_preferred": 1.0, "score_other": 2.0}]}, rows)
+
+
+def test_sign_test_counts_only_the_pairs_the_judge_decides():
+    from rrm_on_editor_edits import decided
+
+    ev = {"pairs": [{"score_preferred": 7.0, "score_other": 3.0}, {"score_preferred": 5.0, "score_other": 5.0},
+                    {"score_preferred": 2.0, "score_other": 4.0}, {"score_preferred": 9.0, "score_other": 1.0},
+                    {"score_preferred": None, "score_other": 4.0}]}
+    d = decided(ev)
+    assert (d["decided"], d["decided_right"], d["decided_wrong"]) == (3, 2, 1)
+    assert d["decided_z"] == pytest.approx(1 / 3 ** 0.5)
+    assert decided({"pairs": [{"score_preferred": 1.0, "score_other": 1.0}]})["decided_z"] is None
