@@ -98,10 +98,12 @@ def editor_part(editor: List[Dict[str, Any]]) -> Dict[str, Any]:
 def editor_edits_part(evals: List[str]) -> Dict[str, Any]:
     """Judges on pairs of the editor's own edits (`edit-rlhf sandbox editor-pairs`, oracle labels without noise, so
     the oracle's own accuracy there is 1.0): `name=eval-rrm.json` each, in the order given."""
-    from rrm_on_editor_edits import judge_figures, named_evals
+    from rrm_on_editor_edits import decided, judge_figures, named_evals
 
-    out = {name: {**judge_figures(_load(path)["metrics"]), "file": path}
-           for name, path in named_evals(evals, "edit_r1_claim: --editor-pairs-eval")}
+    out = {}
+    for name, path in named_evals(evals, "edit_r1_claim: --editor-pairs-eval"):
+        ev = _load(path)
+        out[name] = {**judge_figures(ev["metrics"]), **(decided(ev) if "pairs" in ev else {}), "file": path}
     return {"rrm_on_editor_edits": out} if out else {}
 
 

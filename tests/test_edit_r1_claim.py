@@ -68,11 +68,12 @@ def test_judges_on_the_editors_own_edits_are_recorded_by_name(tmp_path):
     for name, acc in (("sft", 0.465), ("gcpo", 0.58)):
         (tmp_path / f"{name}.json").write_text(json.dumps({"metrics": {
             "accuracy_with_ties": acc, "accuracy": acc - 0.2, "chance_strict": 0.33, "pairs": 186, "parse_rate": 0.95,
-            "tie_rate": 0.3}}))
+            "tie_rate": 0.3}, "pairs": [{"score_preferred": 7.0, "score_other": 2.0}] * (2 if name == "gcpo" else 1)}))
     c = main(["--editor-pairs-eval", f"sft={tmp_path}/sft.json", f"gcpo={tmp_path}/gcpo.json",
               "--pairs", str(tmp_path / "none")])
     got = c["rrm_on_editor_edits"]
     assert list(got) == ["sft", "gcpo"] and got["gcpo"]["with_ties"] == 0.58 and got["sft"]["pairs"] == 186
+    assert got["gcpo"]["decided_right"] == 2 and got["sft"]["decided"] == 1   # the sign test, from the per-pair scores
     assert c["inputs"]["editor_pairs_eval"] == [f"sft={tmp_path}/sft.json", f"gcpo={tmp_path}/gcpo.json"]
     with pytest.raises(SystemExit, match="NAME=EVAL"):
         main(["--editor-pairs-eval", str(tmp_path / "sft.json"), "--pairs", str(tmp_path / "none")])
