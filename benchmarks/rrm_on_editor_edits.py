@@ -42,12 +42,12 @@ def decided(ev: Dict[str, Any]) -> Dict[str, Any]:
     sqrt(right + wrong). Within a prompt the judge ties far more often than its score marginal predicts (edits of one
     prompt look alike), so eval-rrm's `chance_strict` (independent draws from that marginal) overstates the strict
     chance there; right vs wrong among the decided pairs is the fair reference."""
-    right = wrong = 0
-    for p in ev["pairs"]:
-        a, b = p.get("score_preferred"), p.get("score_other")
-        if a is None or b is None or a == b:
-            continue
-        right, wrong = right + (a > b), wrong + (a < b)
+    from collections import Counter
+
+    from edit_rlhf.rrm_train.metrics import pair_outcome
+
+    c = Counter(pair_outcome(p.get("score_preferred"), p.get("score_other")) for p in ev["pairs"])
+    right, wrong = c["win"], c["loss"]
     n = right + wrong
     return {"decided": n, "decided_right": right, "decided_wrong": wrong,
             "decided_z": float((right - wrong) / np.sqrt(n)) if n else None}

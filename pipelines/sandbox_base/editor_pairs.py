@@ -107,7 +107,7 @@ def _append(base, path: Optional[str], size: int, feats, what: str, schema: str)
 def scored_edits(prompts: str, editor_config: str, lora: Optional[str], start: int, n_prompts: int, samples: int,
                  seed: int, stats: Dict[str, int]) -> Iterator[Dict[str, Any]]:
     """Per prompt row `start` .. `start + n_prompts - 1` of `prompts`: `samples` SDE edits sampled as one GRPO group
-    of `editor_config`'s editor (with `lora`), each verified once by the oracle. Yields {'index', 'row', 'images',
+    of `editor_config`'s editor (with `lora`), each verified once by the oracle. Yields {'row', 'images',
     'results' (an OracleResult per edit, None where the oracle failed: counted in `stats['oracle_failed']` and
     logged), 'scene' and 'principles' (the oracle record's)}. Edit k of row i is seeded by seed * 1000003 + i * samples + k."""
     from edit_rlhf.config import GRPOConfig, load_config
@@ -140,7 +140,7 @@ def scored_edits(prompts: str, editor_config: str, lora: Optional[str], start: i
                 stats["oracle_failed"] += 1
                 log.warning("oracle failed on %s: %s", row["id"], e)
                 results.append(None)
-        yield {"index": i, "row": row, "images": images, "results": results, "scene": scene, "principles": prs}
+        yield {"row": row, "images": images, "results": results, "scene": scene, "principles": prs}
 
 
 def build_editor_pairs(out: str, cfg: EditorPairsConfig, quiet: bool = False) -> Dict[str, Any]:

@@ -127,11 +127,12 @@ def editor_pool(cfg, prompts: str, start: int, n_prompts: int, seed: int, say=la
     stats: Dict[str, int] = {}
     images, seens, sources = [], [], []
     for g in scored_edits(prompts, cfg.editor_config, None, start, n_prompts, cfg.editor_samples, seed, stats):
+        src = editor_view(g["row"]["source_image"], *np.asarray(g["images"][0]).shape[:2])  # one per group
         for img, res in zip(g["images"], g["results"]):
             if res is not None:
                 images.append(img)
                 seens.append(res.detail["seen"])
-                sources.append(editor_view(g["row"]["source_image"], *np.asarray(img).shape[:2]))
+                sources.append(src)
     if stats.get("oracle_failed"):
         say(f"{prompts}: {stats['oracle_failed']} editor edits the oracle could not verify, left out")
     return images, seens, sources
