@@ -68,7 +68,7 @@ def run_eval_rrm(cfg, quiet: bool = False) -> Dict[str, Any]:
         if bench:
             tracker.log_metrics({f"eval/{k}": v for k, v in flat_metrics(bench).items()}, 0)
         out = {"pipeline": "eval-rrm", "model": cfg.engine.path, "data": cfg.data.path, "format": cfg.data.format,
-               "metrics": m, "seconds": round(time.time() - t0, 1), "run_id": tracker.run_id,
+               "score_from": cfg.eval.sampling.score_from, "metrics": m, "seconds": round(time.time() - t0, 1), "run_id": tracker.run_id,
                "load_stats": pairs.stats}
         if bench:
             out["editreward_bench"] = {"metric": METRIC_NAME, "headline_dimension": headline_dimension(bench),
@@ -104,6 +104,6 @@ def summary_line(out: Dict[str, Any]) -> str:
     if "copy_source/margin" in m:
         parts.append(f"copy-the-source {m['copy_source/score_mean']:.2f} vs correct edits "
                      f"{m['copy_source/correct_score_mean']:.2f} (margin {m['copy_source/margin']:.2f})")
-    parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}",
+    parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}" + (f" of {out['score_from']} scores" if out.get("score_from", "text") != "text" else ""),
               f"mlflow run {out['run_id']}"]
     return " | ".join(parts)

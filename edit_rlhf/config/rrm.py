@@ -13,6 +13,7 @@ PROMPT_STYLES = ("full", "compact")
 BACKENDS = ("vllm", "hf", "auto")
 UNPARSED_POLICIES = ("drop", "lowest")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCORE_SOURCES = ("text", "expected", "checks")  # RRMSamplingConfig.score_from (edit_rlhf/rrm/soft.py)
 
 
 def _one_of(name: str, value, allowed) -> None:
@@ -105,7 +106,11 @@ class VLMEngineConfig:
 
 @dataclass
 class RRMSamplingConfig:
-    """Sampling of RRM verdicts. `n` > 1 is Avg@k: the reward is the mean score of the parsable samples."""
+    """Sampling of RRM verdicts. `n` > 1 is Avg@k: the reward is the mean score of the parsable samples.
+
+    `score_from`: what a verdict's score is - `text`: the written `<score>`; `expected`: the probability-weighted
+    score at the score's first token; `checks`: 10 x the mean probability of 1 at each check (rrm/soft.py). The soft
+    ones break the ties of greedy verdicts and need the engines' `top_logprobs` most likely tokens per position."""
 
     n: int = 1
     temperature: float = 0.0  # 0 = greedy
@@ -113,6 +118,8 @@ class RRMSamplingConfig:
     top_k: int = 0  # 0 = off
     max_tokens: int = 1024
     seed: int = 0  # sample seeds derive from (seed, prompt id, edit index, sample index)
+    score_from: str = "text"  # text | expected | checks
+    top_logprobs: int = 20  # alternatives per generated token read by a soft score_from (vLLM's logprobs=k)
 
     def check(self) -> None:
         _at_least("n", self.n, 1)
@@ -121,6 +128,8 @@ class RRMSamplingConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         _at_least("top_k", self.top_k, 0)
         _at_least("max_tokens", self.max_tokens, 1)
+        _one_of("score_from", self.score_from, SCORE_SOURCES)
+        _at_least("top_logprobs", self.top_logprobs, 2)
         if self.n > 1 and self.temperature == 0.0:
             raise ValueError("n: Avg@k with n > 1 needs temperature > 0 (greedy samples are identical)")
 

@@ -1,13 +1,16 @@
 """Edit-RRM reward: a Qwen2.5-VL verifier scores each edit from (source, edited, instruction, principles).
 
 Per edit: the RRM prompt (rrm/prompt.py) -> `sampling.n` sampled verdicts on the engine (vLLM or HF) ->
-parsed (rrm/parse.py) -> reward = mean `<score>` of the parsable samples (Avg@k; n=1 is the plain reward).
+parsed (rrm/parse.py) -> reward = mean score of the parsable samples (Avg@k; n=1 is the plain reward): the
+written `<score>`, or with `sampling.score_from` = expected | checks a soft score read from the log-probs of the
+tokens the verdict wrote (rrm/soft.py: no ties between edits that get the same greedy verdict).
 Unparsable samples can be re-sampled (`resample`, bounded); an edit with no parsable sample gets the
 `unparsed` policy: `drop` (NaN, ok=False) or `lowest` (0, counted as a parse failure).
 
 `detail` per edit (what the GRPO driver logs): parse_ok (fraction of samples that parsed), n_valid,
 n_samples, score, score_std, average (mean average_score), checks (per-principle majority of the parsable
 samples, drawn under the edit in sample grids), check_means, average_consistent, gen_tokens, rm_version,
+soft_score / soft_rate (with a soft `score_from`),
 trace (first parsable sample, else the first sample), traces (all samples, when n > 1), parse_errors.
 """
 from __future__ import annotations
@@ -24,11 +27,15 @@ from edit_rlhf.rrm.backend import build_engine
 from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, sample_seed
 from edit_rlhf.rrm.parse import Verdict, parse_verdict
 from edit_rlhf.rrm.prompt import RRMPrompt
+from edit_rlhf.rrm.soft import soft_score
 
 
 def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], policy: str = "drop",
-              version: int = 0) -> ScoreResult:
-    """One edit's ScoreResult from its samples' verdicts (and their completions, for traces)."""
+              version: int = 0, score_from: str = "text") -> ScoreResult:
+    """One edit's ScoreResult from its samples' verdicts (and their completions, for traces and soft scores).
+    The reward is the mean over the parsable samples of their score under `score_from` (rrm/soft.py); `score`
+    stays the written `<score>`'s mean, `soft_score` / `soft_rate` say what the soft source gave and how often
+    the log-probs said (the rest fell back to what was written)."""
     n = len(verdicts)
     valid = [v for v in verdicts if v.ok]
     errors = [v.reason for v in verdicts if not v.ok]
@@ -50,6 +57,12 @@ def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], po
             return ScoreResult(reward=0.0, ok=True, detail=d)
         return ScoreResult(reward=math.nan, ok=False, detail=d, error=why)
     scores = np.array([v.score for v in valid], dtype=np.float64)
+    reward = float(scores.mean())
+    if score_from != "text":
+        comps = list(completions) if len(completions) == n else [Completion("")] * n  # no completions: no log-probs
+        soft = [soft_score(c, v, score_from) for v, c in zip(verdicts, comps) if v.ok]
+        reward = float(np.mean([s for s, _ in soft]))
+        d.update(soft_score=reward, soft_rate=float(np.mean([ok for _, ok in soft])))
     d.update(score=float(scores.mean()), score_std=float(scores.std()),
              average=float(np.mean([v.average for v in valid])),
              average_consistent=float(np.mean([bool(v.average_consistent) for v in valid])))
@@ -60,7 +73,7 @@ def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], po
         d["checks"] = [int(m >= 0.5) for m in means]  # majority; a tie counts as met
     else:
         d["checks"] = None
-    return ScoreResult(reward=float(scores.mean()), ok=True, detail=d)
+    return ScoreResult(reward=reward, ok=True, detail=d)
 
 
 class RRMScorer(BaseScorer):
@@ -139,7 +152,7 @@ class RRMScorer(BaseScorer):
         version = getattr(self.engine, "version", 0)
         policy = self.policy or self.cfg.unparsed
         for b, vs, cs in zip(slots, verdicts, comps):
-            res = aggregate(vs, cs, policy, version)
+            res = aggregate(vs, cs, policy, version, self.cfg.sampling.score_from)
             if self.text_keep is not None:
                 res.detail["trace"] = str(res.detail.get("trace", ""))[:self.text_keep]
                 res.detail.pop("traces", None)

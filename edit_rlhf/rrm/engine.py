@@ -11,7 +11,7 @@ log-prob of each sampled token under the *raw* model distribution (before temper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,11 +35,15 @@ class SamplingSpec:
     top_k: int = 0  # 0 = off
     max_tokens: int = 512
     logprobs: bool = False
+    top_logprobs: int = 0  # > 0: the text and log-prob of the most likely tokens at every generated position
 
     @classmethod
     def from_config(cls, cfg, logprobs: bool = False) -> "SamplingSpec":
+        """From an `RRMSamplingConfig`; a soft score (`score_from` other than `text`) asks for its `top_logprobs`."""
+        soft = getattr(cfg, "score_from", "text") != "text"
         return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                   max_tokens=cfg.max_tokens, logprobs=logprobs)
+                   max_tokens=cfg.max_tokens, logprobs=logprobs,
+                   top_logprobs=int(getattr(cfg, "top_logprobs", 0)) if soft else 0)
 
 
 @dataclass
@@ -48,6 +52,20 @@ class Completion:
     token_ids: List[int] = field(default_factory=list)  # generated ids (EOS included when generation stopped on it)
     logprobs: Optional[List[float]] = None  # raw-distribution log-prob of each generated token
     finish_reason: str = ""  # stop | length | timeout
+    # With SamplingSpec.top_logprobs: each generated token's text, and per position {token text: raw log-prob} of
+    # the most likely tokens (tokens of the same text merged). What rrm/soft.py reads a soft score from.
+    token_texts: Optional[List[str]] = None
+    top_logprobs: Optional[List[Dict[str, float]]] = None
+
+
+def merge_alternatives(pairs: Iterable[Tuple[str, float]]) -> Dict[str, float]:
+    """{text: log-prob} from (token text, log-prob) pairs; tokens that decode to the same text are one answer
+    (their probabilities add)."""
+    out: Dict[str, float] = {}
+    for text, lp in pairs:
+        lp = float(lp)
+        out[text] = float(np.logaddexp(out[text], lp)) if text in out else lp
+    return out
 
 
 def suppressed_token_ids(tokenizer) -> List[int]:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, suppressed_token_ids, to_pil
+from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, merge_alternatives, suppressed_token_ids, to_pil
 from edit_rlhf.runtime import resolve_device, resolve_dtype
 
 
@@ -71,7 +71,7 @@ class HFEngine:
         if sample:
             torch.manual_seed(int(sum(r.seed * 7919 + k for k, r in enumerate(batch)) % (2 ** 31)))
         kw = dict(max_new_tokens=spec.max_tokens, do_sample=sample, num_return_sequences=spec.n,
-                  suppress_tokens=self.suppress or None, return_dict_in_generate=True, output_logits=spec.logprobs,
+                  suppress_tokens=self.suppress or None, return_dict_in_generate=True, output_logits=spec.logprobs or spec.top_logprobs > 0,
                   pad_token_id=self.tokenizer.pad_token_id)
         if sample:
             kw.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
@@ -80,10 +80,13 @@ class HFEngine:
         res = self.model.generate(**enc, **kw)
         prompt_len = enc["input_ids"].shape[1]
         gen = res.sequences[:, prompt_len:]
-        lps = None
-        if spec.logprobs:
-            logits = torch.stack(res.logits, dim=1).float()  # (B*n, T, V) raw
-            lps = torch.log_softmax(logits, -1).gather(-1, gen[:, :logits.shape[1], None])[..., 0]
+        lps = top_v = top_i = None
+        if spec.logprobs or spec.top_logprobs > 0:
+            logp = torch.log_softmax(torch.stack(res.logits, dim=1).float(), -1)  # (B*n, T, V) raw
+            if spec.logprobs:
+                lps = logp.gather(-1, gen[:, :logp.shape[1], None])[..., 0]
+            if spec.top_logprobs > 0:
+                top_v, top_i = logp.topk(min(spec.top_logprobs, logp.shape[-1]), dim=-1)
         out: List[List[Completion]] = []
         for i in range(len(batch)):
             row = []
@@ -96,10 +99,31 @@ class HFEngine:
                         ids, finish = ids[:t + 1], "stop"
                         break
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                row.append(Completion(text=text, token_ids=ids, finish_reason=finish,
-                                      logprobs=lps[k, :len(ids)].tolist() if lps is not None else None))
+                c = Completion(text=text, token_ids=ids, finish_reason=finish,
+                               logprobs=lps[k, :len(ids)].tolist() if lps is not None else None)
+                if top_i is not None:
+                    c.token_texts, c.top_logprobs = self._alternatives(ids, top_i[k], top_v[k], logp[k])
+                row.append(c)
             out.append(row)
         return out
+
+    def _token_text(self, tid: int) -> str:
+        cache = self.__dict__.setdefault("_texts", {})
+        if tid not in cache:
+            cache[tid] = self.tokenizer.decode([tid], skip_special_tokens=True)
+        return cache[tid]
+
+    def _alternatives(self, ids, top_i, top_v, logp):
+        """Per generated position: the sampled token's text, and {text: log-prob} of the most likely tokens plus
+        the sampled one (as vLLM returns them)."""
+        texts = [self._token_text(t) for t in ids]
+        top = []
+        for t, tid in enumerate(ids):
+            pairs = [(self._token_text(int(i)), float(v)) for i, v in zip(top_i[t].tolist(), top_v[t].tolist())]
+            if tid not in top_i[t].tolist():
+                pairs.append((texts[t], float(logp[t, tid])))
+            top.append(merge_alternatives(pairs))
+        return texts, top
 
     # ------------------------------------------------------------------ scoring given tokens
     def token_logprobs(self, request: GenRequest, completion_ids: Sequence[int], grad: bool = False) -> torch.Tensor:

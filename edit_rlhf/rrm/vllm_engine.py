@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, suppressed_token_ids, to_pil
+from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, merge_alternatives, suppressed_token_ids, to_pil
 
 
 def _retie_embeddings(model) -> int:
@@ -92,7 +92,8 @@ class VLLMEngine:
 
         return SamplingParams(
             n=1, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k if spec.top_k > 0 else -1,
-            max_tokens=spec.max_tokens, seed=seed, logprobs=0 if spec.logprobs else None,
+            max_tokens=spec.max_tokens, seed=seed,
+            logprobs=spec.top_logprobs if spec.top_logprobs > 0 else (0 if spec.logprobs else None),
             logit_bias={i: -float("inf") for i in self.suppress} or None)
 
     def generate(self, requests: Sequence[GenRequest], spec: SamplingSpec,
@@ -131,11 +132,15 @@ class VLLMEngine:
 
     @staticmethod
     def _completion(c, spec: SamplingSpec) -> Completion:
-        lps = None
+        lps = texts = top = None
         if spec.logprobs and c.logprobs is not None:
             lps = [float(d[t].logprob) for t, d in zip(c.token_ids, c.logprobs)]
+        if spec.top_logprobs > 0 and c.logprobs is not None:
+            # vLLM returns the sampled token plus the top_logprobs most likely ones, each with its decoded text
+            texts = [d[t].decoded_token or "" for t, d in zip(c.token_ids, c.logprobs)]
+            top = [merge_alternatives((lp.decoded_token or "", lp.logprob) for lp in d.values()) for d in c.logprobs]
         return Completion(text=c.text, token_ids=list(c.token_ids), logprobs=lps,
-                          finish_reason=str(c.finish_reason or ""))
+                          finish_reason=str(c.finish_reason or ""), token_texts=texts, top_logprobs=top)
 
     # ------------------------------------------------------------------ scoring given tokens
     def score_completion(self, request: GenRequest, completion_ids: Sequence[int]) -> List[float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -102,9 +102,18 @@ def against_chance_and_oracle(accuracy: float, chance: Optional[float], oracle: 
     return out
 
 
-def avg_at_k(verdicts: Sequence[Verdict], unparsed: str = "drop") -> Optional[float]:
-    """Mean score of the parsable verdicts (Avg@k); none parsable -> None (`drop`) or 0.0 (`lowest`)."""
-    s = [v.score for v in verdicts if v.ok]
+def avg_at_k(verdicts: Sequence[Verdict], unparsed: str = "drop", completions: Optional[Sequence[Any]] = None,
+             score_from: str = "text") -> Optional[float]:
+    """Mean score of the parsable verdicts (Avg@k); none parsable -> None (`drop`) or 0.0 (`lowest`). With a soft
+    `score_from` (rrm/soft.py) each verdict's score is read from its completion's log-probs."""
+    if score_from != "text":
+        from edit_rlhf.rrm.soft import soft_score
+
+        if completions is None or len(completions) != len(verdicts):
+            raise ValueError(f"avg_at_k: score_from={score_from!r} needs one completion per verdict")
+        s = [soft_score(c, v, score_from)[0] for v, c in zip(verdicts, completions) if v.ok]
+    else:
+        s = [v.score for v in verdicts if v.ok]
     if s:
         return float(np.mean(s))
     return 0.0 if unparsed == "lowest" else None
