@@ -352,7 +352,8 @@ class GRPODriver(Driver):
         if self.judge_mode == "none":
             return {}
         judge = self._judge_scores(jobs, judging)
-        m = self.monitor.update(rewards[: len(judge)].reshape(-1), judge.reshape(-1))
+        r = rewards[: len(judge)]
+        m = self.monitor.update(r.reshape(-1), judge.reshape(-1), group_size=r.shape[1] if r.ndim == 2 else 0)
         if self.judge_mode == "pq":
             m["monitor/judge_mean"] = float(np.nanmean(judge)) if np.isfinite(judge).any() else math.nan
             m["monitor/judge_failed"] = int((~np.isfinite(judge)).sum())

@@ -2,7 +2,8 @@
 
 Reward hacking shows as the reward rising while an independent judge (the sandbox oracle; a quality judge on
 real data) stays flat or falls. Per step the monitor logs the across-sample correlation of reward and judge,
-and a trend divergence over a sliding window:
+the same inside each group (what the advantages see: `within_groups`), and a trend divergence over a sliding
+window:
 
     divergence = (mean_r(last W) - mean_r(first W)) / sd_r(first W) - (mean_j(last W) - mean_j(first W)) / sd_j(first W)
 
@@ -32,6 +33,44 @@ def pearson(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def within_groups(rewards: np.ndarray, judge: np.ndarray, min_gap: float = 1e-6) -> Dict[str, float]:
+    """What GRPO's advantages see: the reward against the judge *inside* each group (rows = groups). Across
+    samples (`reward_judge_corr`) a reward can follow the judge through prompt difficulty alone and still rank a
+    group's edits at random. `within_group_corr`: mean over groups (where both vary) of the Pearson correlation;
+    `within_group_concordance`: of the within-group pairs the judge separates (by more than `min_gap`) and the
+    reward does too, the fraction ordered the same way (0.5 = no signal); `within_group_reward_ties`: of the
+    pairs the judge separates, the fraction the reward ties."""
+    r, j = np.asarray(rewards, float), np.asarray(judge, float)
+    if r.shape != j.shape or r.ndim != 2:
+        raise ValueError(f"within_groups: rewards {r.shape} and judge {j.shape} must be the same (groups, G) shape")
+    corrs, agree, differ, ties = [], 0, 0, 0
+    for rr, jj in zip(r, j):
+        ok = np.isfinite(rr) & np.isfinite(jj)
+        rr, jj = rr[ok], jj[ok]
+        c = pearson(rr, jj)
+        if not math.isnan(c):
+            corrs.append(c)
+        for a in range(rr.size):
+            for b in range(a + 1, rr.size):
+                dj = jj[a] - jj[b]
+                if abs(dj) <= min_gap:
+                    continue
+                dr = rr[a] - rr[b]
+                if abs(dr) <= 1e-12:
+                    ties += 1
+                    continue
+                differ += 1
+                agree += (dr > 0) == (dj > 0)
+    out: Dict[str, float] = {}
+    if corrs:
+        out["monitor/within_group_corr"] = float(np.mean(corrs))
+    if differ:
+        out["monitor/within_group_concordance"] = agree / differ
+    if differ + ties:
+        out["monitor/within_group_reward_ties"] = ties / (differ + ties)
+    return out
+
+
 @dataclass
 class HackingMonitor:
     window: int = 5
@@ -44,9 +83,10 @@ class HackingMonitor:
     warned: bool = False
     warnings: int = 0
 
-    def update(self, rewards: Sequence[float], judge: Sequence[float]) -> Dict[str, float]:
+    def update(self, rewards: Sequence[float], judge: Sequence[float], group_size: int = 0) -> Dict[str, float]:
         """Add one step's per-sample rewards and judge scores; returns the monitor metrics (and
-        'monitor/warning' = 1.0 on the step a crossing happens)."""
+        'monitor/warning' = 1.0 on the step a crossing happens). With `group_size` (samples in group order) also
+        the within-group figures (`within_groups`)."""
         r, j = [float(v) for v in rewards], [float(v) for v in judge]
         self.steps += 1
         if len(self.base_r) < self.window:
@@ -55,6 +95,8 @@ class HackingMonitor:
         self.recent_r = (self.recent_r + [r])[-self.window:]
         self.recent_j = (self.recent_j + [j])[-self.window:]
         m: Dict[str, float] = {"monitor/reward_judge_corr": pearson(r, j)}
+        if group_size > 1 and len(r) % group_size == 0 and r:
+            m.update(within_groups(np.reshape(r, (-1, group_size)), np.reshape(j, (-1, group_size))))
         div = self.divergence()
         if div is not None:
             m["monitor/divergence"] = div
