@@ -35,6 +35,9 @@ def test_main_job_end_to_end_mlflow_and_diffusers_lora(ray_cluster, grpo_cfg, ti
         assert len(client.get_metric_history(s["run_id"], key)) == 3, key
     assert [m.value for m in client.get_metric_history(s["run_id"], "policy_version")] == [1, 2, 3]
     assert client.get_metric_history(s["run_id"], "monitor/reward_judge_corr")  # reward vs the oracle judge
+    # ... and inside each group (what the advantages see): the similarity reward against the oracle
+    conc = [m.value for m in client.get_metric_history(s["run_id"], "monitor/within_group_concordance")]
+    assert len(conc) == 3 and all(0.0 <= v <= 1.0 for v in conc), conc
     arts = {a.path for d in ("", "samples", "eval") for a in client.list_artifacts(s["run_id"], d or None)}
     assert any(p.startswith("samples/") and p.endswith(".png") for p in arts)
     assert any(p.startswith("eval/") and p.endswith(".png") for p in arts) and "config.json" in arts
