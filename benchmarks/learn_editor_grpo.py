@@ -6,7 +6,8 @@ lr) and the control (lr = 0). The headline is the final ODE evaluation (noise 0,
 seeds for both runs), compared per prompt: the mean of (treatment - control) over prompts, its standard error
 and z, on the reward and on the sandbox oracle. Beside it: the learning curve of that evaluation, the per-step
 training reward of the sampled (SDE) edits (noisy: each step draws new prompts) with its paired difference
-over the last 20 % of steps, and the probes of what was learned — the treatment's final evaluation with
+over the last 20 % of steps, the reward's agreement with the oracle inside the training groups (the hacking
+monitor's within-group concordance, reward ties and correlation, mean over steps), and the probes of what was learned — the treatment's final evaluation with
 shuffled sources and with shuffled instructions, and the copy-the-source baseline. If shuffling the instruction
 costs nothing, the policy ignores the text; if shuffling the source costs nothing, it ignores the image; if the
 score sits at the copy-source baseline, it learned to copy.
@@ -38,6 +39,8 @@ def run(cfg) -> Dict[str, Any]:
     s = tr.run()
     s["rewards"] = [m["reward/mean"] for m in tr.history]
     s["oracle"] = [m.get("reward/oracle_score") for m in tr.history]
+    s["within"] = {k: [m[f"monitor/{k}"] for m in tr.history if f"monitor/{k}" in m]
+                   for k in ("within_group_concordance", "within_group_reward_ties", "within_group_corr")}
     s["final_eval"] = tr.eval_history[-1] if tr.eval_history else {}
     s["per_prompt"] = {int(k): v for k, v in tr.eval_per_prompt.items()}
     s["curve"] = [{k: m[k] for k in m if k == "step" or k in ("eval/reward", "eval/oracle_score")}
@@ -87,6 +90,8 @@ def one_seed(config: str, seed: int, steps: int, overrides: List[str], out_root:
               if k.startswith("eval/") and not k.endswith(("seconds", "failed"))}
         report[name] = {"train_reward_first20": w["first20"], "train_reward_last20": w["last20"],
                         "final_eval": ev, "eval_curve": s["curve"], "seconds": s["seconds"]}
+        # the reward against the oracle inside the training groups, mean over steps (what the advantages saw)
+        report[name].update({f"train_{k}": round(float(sum(v) / len(v)), 4) for k, v in s["within"].items() if v})
     # step-by-step pairing needs the control's whole training curve
     report["train_reward_paired_last20"] = (paired_difference(tr["rewards"], ct["rewards"])
                                             if len(ct["rewards"]) == len(tr["rewards"]) else None)
