@@ -51,6 +51,11 @@ def test_expected_score_weights_the_number_candidates_at_the_scores_first_token(
     assert soft_score(c, v, "text") == (7.5, False)
     # a certain score token gives the written score
     assert expected_score(completion(text), v) == pytest.approx(7.5)
+    # an unclosed `<score>` after the verdict is not the score the parser reads, nor the one weighted here
+    tail = text + "\n<score>3"
+    c2 = completion(tail, {i: {"7": 0.5, "9": 0.5}, len(tokens(tail)) - 1: {"3": 0.5, "0": 0.5}})
+    v2 = parse_verdict(tail, n_expected=3)
+    assert v2.score == 7.5 and expected_score(c2, v2) == pytest.approx((0.5 * 7.5 + 0.5 * 9))
 
 
 def test_check_probabilities_read_each_checks_value_token():

@@ -22,10 +22,9 @@ import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from edit_rlhf.rrm.engine import Completion
-from edit_rlhf.rrm.parse import Verdict
+from edit_rlhf.rrm.parse import SCORE_OPEN_RE, Verdict, score_tags
 
 SCORE_SOURCES = ("text", "expected", "checks")  # as config.rrm.SCORE_SOURCES (config does not import rrm)
-SCORE_NUMBER_RE = re.compile(r"<\s*score\s*>\s*([-+]?[0-9.])", re.I)
 CHECK_VALUE_RE = re.compile(r"""["']score["']\s*:\s*["']?([01])""")
 
 
@@ -58,16 +57,28 @@ def _number(text: str) -> Optional[float]:
     return float(s)
 
 
+def _score_number_at(text: str) -> Optional[int]:
+    """Character offset of the first non-space character inside the last complete `<score>...</score>` tag (the
+    one the parser reads), or None."""
+    tags = score_tags(text)
+    if not tags:
+        return None
+    body_start = SCORE_OPEN_RE.match(text, tags[-1].start).end()
+    m = re.match(r"\s*", text[body_start:])
+    at = body_start + m.end()
+    return at if at < len(text) and text[at] not in "<" else None
+
+
 def expected_score(c: Completion, v: Verdict) -> Optional[float]:
     """`expected` (module doc); None without a parsed score or the token log-probs."""
     lay = _layout(c)
     if lay is None or not v.ok or v.score is None:
         return None
     text, starts = lay
-    found = list(SCORE_NUMBER_RE.finditer(text))
-    if not found:
+    at = _score_number_at(text)
+    if at is None:
         return None
-    i = _token_at(starts, found[-1].start(1))
+    i = _token_at(starts, at)
     written = c.token_texts[i]
     num = den = 0.0
     for alt, lp in c.top_logprobs[i].items():
@@ -87,11 +98,9 @@ def check_probabilities(c: Completion, v: Verdict) -> Optional[List[float]]:
     if lay is None or not v.ok or not v.checks:
         return None
     text, starts = lay
-    end = None
-    found = list(SCORE_NUMBER_RE.finditer(text))
-    if found:
-        end = found[-1].start()
-    values = [m for m in CHECK_VALUE_RE.finditer(text, 0, end if end is not None else len(text))]
+    tags = score_tags(text)
+    end = tags[-1].start if tags else len(text)
+    values = list(CHECK_VALUE_RE.finditer(text, 0, end))
     values = values[-len(v.checks):] if len(values) >= len(v.checks) else []
     out: List[float] = []
     for k, written in enumerate(v.checks):
