@@ -119,7 +119,7 @@ class RRMSamplingConfig:
     max_tokens: int = 1024
     seed: int = 0  # sample seeds derive from (seed, prompt id, edit index, sample index)
     score_from: str = "text"  # text | expected | checks
-    top_logprobs: int = 5  # alternatives per generated token read by a soft score_from (vLLM's logprobs=k)
+    top_logprobs: int = 20  # alternatives per generated token read by a soft score_from (vLLM's logprobs=k)
 
     def check(self) -> None:
         _at_least("n", self.n, 1)
