@@ -7,8 +7,9 @@ seeds for both runs), compared per prompt: the mean of (treatment - control) ove
 and z, on the reward and on the sandbox oracle. Beside it: the learning curve of that evaluation, the per-step
 training reward of the sampled (SDE) edits (noisy: each step draws new prompts) with its paired difference
 over the last 20 % of steps, the reward's agreement with the oracle inside the training groups (the hacking
-monitor's within-group concordance, reward ties and correlation, mean over steps), and the probes of what was learned — the treatment's final evaluation with
-shuffled sources and with shuffled instructions, and the copy-the-source baseline. If shuffling the instruction
+monitor's within-group concordance, reward ties and correlation, mean over steps), and the probes of what was
+learned — the treatment's final evaluation with shuffled sources and with shuffled instructions, and the
+copy-the-source baseline. If shuffling the instruction
 costs nothing, the policy ignores the text; if shuffling the source costs nothing, it ignores the image; if the
 score sits at the copy-source baseline, it learned to copy.
 

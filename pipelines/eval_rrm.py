@@ -104,6 +104,7 @@ def summary_line(out: Dict[str, Any]) -> str:
     if "copy_source/margin" in m:
         parts.append(f"copy-the-source {m['copy_source/score_mean']:.2f} vs correct edits "
                      f"{m['copy_source/correct_score_mean']:.2f} (margin {m['copy_source/margin']:.2f})")
-    parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}" + (f" of {out['score_from']} scores" if out.get("score_from", "text") != "text" else ""),
+    soft = f" of {out['score_from']} scores" if out.get("score_from", "text") != "text" else ""
+    parts += [f"parse rate {m['parse_rate']:.3f}", f"ties {m['tie_rate']:.3f}", f"Avg@{m['k']}{soft}",
               f"mlflow run {out['run_id']}"]
     return " | ".join(parts)

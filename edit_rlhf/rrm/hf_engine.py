@@ -71,8 +71,8 @@ class HFEngine:
         if sample:
             torch.manual_seed(int(sum(r.seed * 7919 + k for k, r in enumerate(batch)) % (2 ** 31)))
         kw = dict(max_new_tokens=spec.max_tokens, do_sample=sample, num_return_sequences=spec.n,
-                  suppress_tokens=self.suppress or None, return_dict_in_generate=True, output_logits=spec.logprobs or spec.top_logprobs > 0,
-                  pad_token_id=self.tokenizer.pad_token_id)
+                  suppress_tokens=self.suppress or None, return_dict_in_generate=True,
+                  output_logits=spec.logprobs or spec.top_logprobs > 0, pad_token_id=self.tokenizer.pad_token_id)
         if sample:
             kw.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k or None)
         else:  # greedy: override sampling defaults a checkpoint's generation_config may carry

@@ -129,6 +129,7 @@ def copy_source_probe(generate: Callable, prompt, pairs, scores, sampling, unpar
     sources = distinct_sources(pairs)
     spec = SamplingSpec.from_config(sampling)
     comps, _ = generate(copy_source_requests(prompt, sources, seed), spec, timeout_s)
-    copy = [avg_at_k([parse_verdict(c.text, n_expected=len(p.principles)) for c in cs], unparsed, cs, spec_source(sampling))
+    copy = [avg_at_k([parse_verdict(c.text, n_expected=len(p.principles)) for c in cs], unparsed, cs,
+                     spec_source(sampling))
             for cs, (_, p) in zip(comps, sources)]
     return {f"copy_source/{k}": v for k, v in copy_source_margin(copy, correct_edit_scores(pairs, scores)).items()}
