@@ -40,10 +40,9 @@ class SamplingSpec:
     @classmethod
     def from_config(cls, cfg, logprobs: bool = False) -> "SamplingSpec":
         """From an `RRMSamplingConfig`; a soft score (`score_from` other than `text`) asks for its `top_logprobs`."""
-        soft = getattr(cfg, "score_from", "text") != "text"
         return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                    max_tokens=cfg.max_tokens, logprobs=logprobs,
-                   top_logprobs=int(getattr(cfg, "top_logprobs", 0)) if soft else 0)
+                   top_logprobs=cfg.top_logprobs if cfg.score_from != "text" else 0)
 
 
 @dataclass

@@ -8,7 +8,7 @@ vLLM, a request's samples then depend on the batch it is in (greedy outputs do n
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,6 +35,7 @@ class HFEngine:
         self.processor.tokenizer.padding_side = "left"
         self.tokenizer = self.processor.tokenizer
         self.suppress = suppressed_token_ids(self.tokenizer)
+        self._texts: Dict[int, str] = {}  # token id -> its text (top_logprobs alternatives)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.start_seconds = time.time() - t
@@ -108,10 +109,9 @@ class HFEngine:
         return out
 
     def _token_text(self, tid: int) -> str:
-        cache = self.__dict__.setdefault("_texts", {})
-        if tid not in cache:
-            cache[tid] = self.tokenizer.decode([tid], skip_special_tokens=True)
-        return cache[tid]
+        if tid not in self._texts:
+            self._texts[tid] = self.tokenizer.decode([tid], skip_special_tokens=True)
+        return self._texts[tid]
 
     def _alternatives(self, ids, top_i, top_v, logp):
         """Per generated position: the sampled token's text, and {text: log-prob} of the most likely tokens plus

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from edit_rlhf.rrm.engine import Completion
@@ -29,15 +30,8 @@ CHECK_VALUE_RE = re.compile(r"""["']score["']\s*:\s*["']?([01])""")
 
 
 def _token_at(starts: Sequence[int], ch: int) -> int:
-    """Index of the token whose text covers character `ch` (starts: each token's first character)."""
-    lo, hi = 0, len(starts) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if starts[mid] <= ch:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    """Index of the token whose text covers character `ch` (starts: each token's first character, ascending)."""
+    return max(0, bisect_right(starts, ch) - 1)
 
 
 def _layout(c: Completion):

@@ -51,11 +51,6 @@ def shared_requests(rows: Sequence[Dict[str, Any]], reqs: Sequence[GenRequest]) 
     return todo, where
 
 
-def spec_source(sampling) -> str:
-    """What a verdict's score is under these sampling settings (`score_from`; `text` for configs without it)."""
-    return getattr(sampling, "score_from", "text")
-
-
 def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = "drop", seed: int = 0,
                    timeout_s: float = None, requests: Sequence[GenRequest] = None) -> Dict[str, Any]:
     """{'metrics': pairwise metrics + parse rate + Avg@k, 'scores': [(winner, loser) per pair], 'versions'}.
@@ -77,7 +72,7 @@ def evaluate_pairs(generate: Callable, prompt, pairs, sampling, unparsed: str = 
             n_ok += sum(v.ok for v in vs)
             n_all += len(vs)
             lens += [len(c.token_ids) for c in cs]
-            pair_scores.append(avg_at_k(vs, unparsed, cs, spec_source(sampling)))
+            pair_scores.append(avg_at_k(vs, unparsed, cs, sampling.score_from))
             if len(samples) < 2:
                 samples.append(cs[0].text)
         scores.append(tuple(pair_scores))
@@ -130,6 +125,6 @@ def copy_source_probe(generate: Callable, prompt, pairs, scores, sampling, unpar
     spec = SamplingSpec.from_config(sampling)
     comps, _ = generate(copy_source_requests(prompt, sources, seed), spec, timeout_s)
     copy = [avg_at_k([parse_verdict(c.text, n_expected=len(p.principles)) for c in cs], unparsed, cs,
-                     spec_source(sampling))
+                     sampling.score_from)
             for cs, (_, p) in zip(comps, sources)]
     return {f"copy_source/{k}": v for k, v in copy_source_margin(copy, correct_edit_scores(pairs, scores)).items()}
