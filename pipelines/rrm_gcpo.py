@@ -149,7 +149,8 @@ class RRMGCPOTrainer(Driver):
             reqs += list(pair_requests(self.prompt.text(p.instruction, p.principles), p.source, p.winner, p.loser,
                                        cfg.seed, step, p.id))
         spec = SamplingSpec(n=cfg.algo.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                            max_tokens=r.max_tokens, logprobs=True)
+                            max_tokens=r.max_tokens, logprobs=True,
+                            top_logprobs=cfg.algo.top_logprobs if cfg.algo.score_from != "text" else 0)
         t = time.time()
         comps, versions = self._generate_on(reqs, spec, r.timeout_s)
         if versions != {self.version}:
@@ -161,7 +162,7 @@ class RRMGCPOTrainer(Driver):
 
         a = self.cfg.algo
         return [score_pair(PairRollout(k, p.category, 2 * k, 2 * k + 1, comps[2 * k], comps[2 * k + 1]),
-                           len(p.principles), a.failure, a.std_norm) for k, p in enumerate(pairs)]
+                           len(p.principles), a.failure, a.std_norm, a.score_from) for k, p in enumerate(pairs)]
 
     def _learn(self, reqs, items) -> Optional[Dict[str, float]]:
         """One update, each learner rank on its share of the traces; None (a skipped update) when no trace

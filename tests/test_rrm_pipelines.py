@@ -112,6 +112,20 @@ def test_rrm_gcpo_steps_syncs_logs_and_resumes(ray_cluster, sandbox_dir, tmp_pat
             assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.skipif(not os.path.isdir(SFT_CKPT), reason="needs the shipped SFT checkpoint models/sandbox/rrm_sft")
+def test_rrm_gcpo_compares_groups_on_soft_scores(ray_cluster, sandbox_dir, tmp_path):
+    """`algo.score_from=expected`: the rollout engine returns each trace's top log-probs and the groups are compared
+    on the probability-weighted score: every parsed trace is soft-scored (`score/soft_rate` 1)."""
+    from edit_rlhf.pipelines.rrm_gcpo import RRMGCPOTrainer
+
+    tr = RRMGCPOTrainer(gcpo_cfg(sandbox_dir, tmp_path, "steps=1", "save_every=0", f"output_dir={tmp_path}/s",
+                                 "algo.score_from=expected", "algo.top_logprobs=5", "data.eval=null"), quiet=True)
+    tr.run()
+    m = tr.history[0]
+    assert m["trace/parse_failure_rate"] < 1 and m["score/soft_rate"] == pytest.approx(1.0)
+    assert "adv/zero_group_fraction" in m and m["counters/traces_sampled"] == 12
+
+
 def test_eval_rrm_on_editreward_bench_layout_with_the_hf_backend(ray_cluster, tiny_models, tmp_path):
     from test_dataset_dict_folders import editreward_bench_table
 

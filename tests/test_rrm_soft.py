@@ -207,3 +207,34 @@ def test_shipped_rrm_soft_scores_on_sandbox_edits(sandbox_dir):
     written = [results["checks"][i].detail["score"] for i in ok]
     soft = [results["checks"][i].reward for i in ok]
     assert len(set(np.round(soft, 6))) > len(set(written))  # fewer ties than the written scores
+
+
+def test_gcpo_groups_compared_on_soft_scores_keep_the_advantages_ties_would_zero():
+    """GCPO's `algo.score_from`: four traces that all write 10 for the preferred image and 10 for the other give
+    every trace A = 0 on the written scores; read from the score token's alternatives the groups separate, and the
+    trace that is surer of the preferred image's 10 gets the positive advantage."""
+    from edit_rlhf.config.rrm_train import GCPOAlgoConfig
+    from edit_rlhf.rrm_train.gcpo import PairRollout, score_pair
+
+    text = format_verdict(list(zip(QUESTIONS, [1, 1, 1])), 10, "source: x. edited: y.")
+    toks = tokens(text)
+    i = index_of(toks, text.index("<score>") + len("<score>"))
+
+    def comp(p10):
+        c = completion(text, {i: {"1": p10, "5": 1 - p10}})  # "1" (of "10") stands for 10 where it was written
+        c.logprobs, c.finish_reason = [0.0] * len(c.token_ids), "stop"
+        return c
+
+    def roll(source):
+        return score_pair(PairRollout(0, "c", 0, 1, [comp(0.9), comp(0.7)], [comp(0.8), comp(0.5)]), 3,
+                          score_from=source)
+
+    flat = roll("text")
+    assert flat.scores_w == flat.scores_l == [10.0, 10.0] and not any(flat.adv["adv_w"] + flat.adv["adv_l"])
+    soft = roll("expected")
+    assert soft.scores_w == pytest.approx([0.9 * 10 + 0.1 * 5, 0.7 * 10 + 0.3 * 5])
+    assert soft.adv["adv_w"] == pytest.approx([0.25, -0.25])  # 9.5 beats both losers, 8.5 beats one
+    assert soft.adv["adv_l"] == pytest.approx([-0.25, 0.25])  # 9.0 sits under one winner, 7.5 under both
+    assert soft.soft == 4 and flat.soft == 0
+    with pytest.raises(ValueError, match="score_from"):
+        GCPOAlgoConfig(score_from="mean").check()

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from edit_rlhf.config.rrm import RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig
+from edit_rlhf.config.rrm import SCORE_SOURCES, RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig
 from edit_rlhf.config.schema import (
     CheckpointConfig, ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, ScheduleConfig, TrackingConfig, _choice,
     _positive,
@@ -187,7 +187,10 @@ class GCPOAlgoConfig:
     `old_logprobs`: the PPO ratio's denominator, recomputed by the learner before the update (`learner`,
     default: exact ratio 1 on the first minibatch) or the rollout engine's sampling log-probs (`rollout`).
     `skip_zero_advantage`: traces with A = 0 contribute exactly nothing when beta = 0, so the learner skips
-    them (the loss is still averaged over every participating trace, as in the paper)."""
+    them (the loss is still averaged over every participating trace, as in the paper).
+    `score_from`: what a sampled trace's score is when the groups are compared - `text` (the paper: the written
+    `<score>`), or a soft score read from the rollout engine's `top_logprobs` (`expected` | `checks`, rrm/soft.py):
+    two traces that write the same score rarely tie, so fewer groups lose their advantages to ties."""
 
     pairs_per_step: int = 8
     group_size: int = 4
@@ -199,9 +202,14 @@ class GCPOAlgoConfig:
     micro_batch_size: int = 16  # traces per forward/backward on a rank
     old_logprobs: str = "learner"  # learner | rollout
     skip_zero_advantage: bool = True
+    score_from: str = "text"  # text | expected | checks
+    top_logprobs: int = 20  # alternatives per sampled token that a soft score_from reads
 
     def check(self) -> None:
         _positive("pairs_per_step", self.pairs_per_step)
+        _choice("score_from", self.score_from, set(SCORE_SOURCES))
+        if self.top_logprobs < 2:
+            raise ValueError(f"top_logprobs: a soft score needs >= 2 alternatives per token, got {self.top_logprobs}")
         if self.group_size < 2:
             raise ValueError(f"group_size: GCPO needs N >= 2 traces per image, got {self.group_size}")
         _positive("clip", self.clip)

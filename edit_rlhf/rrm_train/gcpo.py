@@ -17,6 +17,7 @@ import numpy as np
 from edit_rlhf.algorithms.gcpo import gcpo_advantages, weighted_advantage
 from edit_rlhf.rrm.engine import Completion, GenRequest, sample_seed
 from edit_rlhf.rrm.parse import parse_verdict
+from edit_rlhf.rrm.soft import soft_score
 
 
 def pair_requests(prompt_text: str, source, winner, loser, seed: int, step: int, pair_id: str
@@ -26,12 +27,19 @@ def pair_requests(prompt_text: str, source, winner, loser, seed: int, step: int,
             GenRequest(prompt_text, [source, loser], seed=sample_seed(seed, step, pair_id, "l")))
 
 
-def trace_score(c: Completion, n_principles: int, require_checks: bool = True) -> Tuple[Optional[float], str]:
-    """(parsed score or None, failure reason)."""
+def trace_score(c: Completion, n_principles: int, require_checks: bool = True, score_from: str = "text"
+                ) -> Tuple[Optional[float], str, bool]:
+    """(score or None, failure reason, soft): the parsed `<score>`, or with a soft `score_from` the score read from
+    the trace's top log-probs (rrm/soft.py; its written score where they do not say, and then `soft` is False)."""
     if c.finish_reason == "timeout" or not c.token_ids:
-        return None, "timeout"
+        return None, "timeout", False
     v = parse_verdict(c.text, n_expected=n_principles, require_checks=require_checks)
-    return (v.score, "") if v.ok else (None, v.reason)
+    if not v.ok:
+        return None, v.reason, False
+    if score_from == "text":
+        return v.score, "", False
+    score, soft = soft_score(c, v, score_from)
+    return score, "", soft
 
 
 @dataclass
@@ -48,11 +56,15 @@ class PairRollout:
     scores_l: List[Optional[float]] = field(default_factory=list)
     adv: Dict[str, List] = field(default_factory=dict)
     versions: Tuple[int, int] = (0, 0)
+    soft: int = 0  # traces whose score was read from their log-probs (a soft `score_from`)
 
 
-def score_pair(p: PairRollout, n_principles: int, failure: str = "lowest", std_norm: bool = False) -> PairRollout:
-    p.scores_w = [trace_score(c, n_principles)[0] for c in p.comps_w]
-    p.scores_l = [trace_score(c, n_principles)[0] for c in p.comps_l]
+def score_pair(p: PairRollout, n_principles: int, failure: str = "lowest", std_norm: bool = False,
+               score_from: str = "text") -> PairRollout:
+    w = [trace_score(c, n_principles, score_from=score_from) for c in p.comps_w]
+    lo = [trace_score(c, n_principles, score_from=score_from) for c in p.comps_l]
+    p.scores_w, p.scores_l = [t[0] for t in w], [t[0] for t in lo]
+    p.soft = sum(t[2] for t in w + lo)
     nan = float("nan")
     p.adv = gcpo_advantages([nan if s is None else s for s in p.scores_w],
                             [nan if s is None else s for s in p.scores_l], failure, std_norm)
@@ -107,7 +119,8 @@ def rank_plan(items: Sequence[Dict[str, Any]], pairs_per_minibatch: int, world: 
 
 def step_diagnostics(pairs: Sequence[PairRollout], items: Sequence[Dict[str, Any]]) -> Dict[str, float]:
     """Reward/advantage statistics, the paper's weighted advantage sum(A_i / L_i) / G, trace length,
-    parse-failure rate, and the fraction of zero-advantage groups (all of a group's traces at A = 0)."""
+    parse-failure rate, the fraction of zero-advantage groups (all of a group's traces at A = 0) and of the parsed
+    traces whose score a soft `score_from` read from their log-probs (`score/soft_rate`; 0 for `text`)."""
     part = [it for it in items if it["mask"]]
     adv = np.array([it["adv"] for it in part], dtype=np.float64) if part else np.zeros(0)
     lens = [len(it["ids"]) for it in items]
@@ -138,6 +151,7 @@ def step_diagnostics(pairs: Sequence[PairRollout], items: Sequence[Dict[str, Any
         "trace/truncated_rate": float(np.mean([it.get("truncated", False) for it in items])) if items else 0.0,
         "trace/parse_failure_rate": 1.0 - len(valid) / max(1, len(scores)),
         "score/mean": float(np.mean(valid)) if valid else math.nan,
+        "score/soft_rate": sum(p.soft for p in pairs) / len(valid) if valid else 0.0,  # of the parsed traces
         "score/std": float(np.std(valid)) if valid else math.nan,
         "score/winner_minus_loser": float(np.mean(mean_w) - np.mean(mean_l)) if mean_w and mean_l else math.nan,
         "score/within_group_std": float(np.nanmean([np.std([s for s in g if s is not None]) if any(
