@@ -238,3 +238,24 @@ def test_gcpo_groups_compared_on_soft_scores_keep_the_advantages_ties_would_zero
     assert soft.soft == 4 and flat.soft == 0
     with pytest.raises(ValueError, match="score_from"):
         GCPOAlgoConfig(score_from="mean").check()
+
+
+def test_hf_engine_reads_the_logits_one_step_at_a_time_like_the_stacked_softmax():
+    """`HFEngine._read_logits` (one step's log-softmax at a time, for a 152k vocabulary) gives what a log-softmax of
+    all steps stacked gives: the generated tokens' log-probs and the top-k of every position."""
+    import torch
+
+    from edit_rlhf.rrm.hf_engine import HFEngine
+
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(3, 50, generator=g) * 3 for _ in range(7)]
+    gen = torch.randint(0, 50, (3, 7), generator=g)
+    lps, top_v, top_i = HFEngine._read_logits(logits, gen, 4)
+    full = torch.log_softmax(torch.stack(logits, 1), -1)
+    torch.testing.assert_close(lps, full.gather(-1, gen[..., None])[..., 0])
+    v, i = full.topk(4, dim=-1)
+    torch.testing.assert_close(top_v, v)
+    assert torch.equal(top_i, i)
+    only, none_v, none_i = HFEngine._read_logits(logits, gen, 0)
+    torch.testing.assert_close(only, lps)
+    assert none_v is None and none_i is None

@@ -83,11 +83,7 @@ class HFEngine:
         gen = res.sequences[:, prompt_len:]
         lps = top_v = top_i = None
         if spec.logprobs or spec.top_logprobs > 0:
-            logp = torch.log_softmax(torch.stack(res.logits, dim=1).float(), -1)  # (B*n, T, V) raw
-            if spec.logprobs:
-                lps = logp.gather(-1, gen[:, :logp.shape[1], None])[..., 0]
-            if spec.top_logprobs > 0:
-                top_v, top_i = logp.topk(min(spec.top_logprobs, logp.shape[-1]), dim=-1)
+            lps, top_v, top_i = self._read_logits(res.logits, gen, spec.top_logprobs)
         out: List[List[Completion]] = []
         for i in range(len(batch)):
             row = []
@@ -101,27 +97,47 @@ class HFEngine:
                         break
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 c = Completion(text=text, token_ids=ids, finish_reason=finish,
-                               logprobs=lps[k, :len(ids)].tolist() if lps is not None else None)
+                               logprobs=lps[k, :len(ids)].tolist() if spec.logprobs else None)
                 if top_i is not None:
-                    c.token_texts, c.top_logprobs = self._alternatives(ids, top_i[k], top_v[k], logp[k])
+                    c.token_texts, c.top_logprobs = self._alternatives(ids, top_i[k], top_v[k], lps[k])
                 row.append(c)
             out.append(row)
         return out
+
+    @staticmethod
+    def _read_logits(logits, gen, top_k: int):
+        """From generate's raw per-step logits (T tensors of (B*n, V)): the generated tokens' log-probs (B*n, T)
+        and, with `top_k`, the top-k log-probs and ids (B*n, T, k). One step's fp32 log-softmax at a time: stacking
+        them would hold (B*n, T, V) fp32 twice (~4.9 GB each for a 7B Qwen2.5-VL's 152k vocabulary at T = 1000,
+        B*n = 8) beside the logits generate already keeps."""
+        rows, steps = gen.shape[0], len(logits)
+        lps = torch.empty(rows, steps)
+        top_v = top_i = None
+        if top_k > 0:
+            k = min(top_k, logits[0].shape[-1])
+            top_v, top_i = torch.empty(rows, steps, k), torch.empty(rows, steps, k, dtype=torch.long)
+        for t, step_logits in enumerate(logits):
+            lp = torch.log_softmax(step_logits.float(), -1)
+            lps[:, t] = lp.gather(-1, gen[:, t:t + 1].to(lp.device))[:, 0].cpu()
+            if top_k > 0:
+                v, i = lp.topk(top_v.shape[-1], dim=-1)
+                top_v[:, t], top_i[:, t] = v.cpu(), i.cpu()
+        return lps, top_v, top_i
 
     def _token_text(self, tid: int) -> str:
         if tid not in self._texts:
             self._texts[tid] = self.tokenizer.decode([tid], skip_special_tokens=True)
         return self._texts[tid]
 
-    def _alternatives(self, ids, top_i, top_v, logp):
+    def _alternatives(self, ids, top_i, top_v, lps):
         """Per generated position: the sampled token's text, and {text: log-prob} of the most likely tokens plus
-        the sampled one (as vLLM returns them)."""
+        the sampled one (as vLLM returns them; `lps`: the sampled tokens' log-probs)."""
         texts = [self._token_text(t) for t in ids]
         top = []
         for t, tid in enumerate(ids):
             pairs = [(self._token_text(int(i)), float(v)) for i, v in zip(top_i[t].tolist(), top_v[t].tolist())]
             if tid not in top_i[t].tolist():
-                pairs.append((texts[t], float(logp[t, tid])))
+                pairs.append((texts[t], float(lps[t])))
             top.append(merge_alternatives(pairs))
         return texts, top
 
