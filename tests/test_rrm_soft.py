@@ -129,6 +129,8 @@ def test_aggregate_and_avg_at_k_use_the_soft_source():
     assert avg_at_k([v], "drop", [c], "checks") == pytest.approx(soft)
     with pytest.raises(ValueError, match="one completion per verdict"):
         avg_at_k([v], "drop", None, "expected")
+    with pytest.raises(ValueError, match="one completion per verdict"):  # the reward path says the same
+        aggregate([v, v], [c], score_from="expected")
 
 
 def test_config_validates_score_from_and_asks_the_engine_for_alternatives():

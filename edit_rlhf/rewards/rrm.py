@@ -59,8 +59,10 @@ def aggregate(verdicts: Sequence[Verdict], completions: Sequence[Completion], po
     scores = np.array([v.score for v in valid], dtype=np.float64)
     reward = float(scores.mean())
     if score_from != "text":
-        comps = list(completions) if len(completions) == n else [Completion("")] * n  # no completions: no log-probs
-        soft = [soft_score(c, v, score_from) for v, c in zip(verdicts, comps) if v.ok]
+        if len(completions) != n:  # as avg_at_k: a soft score is read from each verdict's own completion
+            raise ValueError(f"aggregate: score_from={score_from!r} needs one completion per verdict, got "
+                             f"{len(completions)} for {n}")
+        soft = [soft_score(c, v, score_from) for v, c in zip(verdicts, completions) if v.ok]
         reward = float(np.mean([s for s, _ in soft]))
         d.update(soft_score=reward, soft_rate=float(np.mean([ok for _, ok in soft])))
     d.update(score=float(scores.mean()), score_std=float(scores.std()),
