@@ -160,7 +160,7 @@ def test_hf_engine_returns_the_most_likely_tokens_of_every_position(tiny_models,
     r = EditPromptDataset(f"{sandbox_dir}/prompts_train").row(0)
     req = GenRequest(RRMPrompt.from_path(tiny_models["rrm"], "compact").text(r["instruction"], r["principles"]),
                      [r["source_image"], r["target_image"]])
-    c = eng.generate([req], SamplingSpec(max_tokens=12, logprobs=True, top_logprobs=5))[0][0]
+    c = eng.generate([req], SamplingSpec(max_tokens=12, logprobs=True, top_logprobs=5, top_logprobs_at="all"))[0][0]
     assert len(c.token_texts) == len(c.top_logprobs) == len(c.token_ids) == len(c.logprobs) > 0
     for t, lp, top in zip(c.token_texts, c.logprobs, c.top_logprobs):
         assert t in top and top[t] >= lp - 1e-5  # the greedy token's text carries at least its own probability
@@ -168,6 +168,11 @@ def test_hf_engine_returns_the_most_likely_tokens_of_every_position(tiny_models,
         assert sum(math.exp(x) for x in top.values()) <= 1 + 1e-4
     plain = eng.generate([req], SamplingSpec(max_tokens=12))[0][0]
     assert plain.top_logprobs is None and plain.token_ids == c.token_ids
+    # the default keeps them only where a token holds a digit (all a soft score reads): {} elsewhere
+    d = eng.generate([req], SamplingSpec(max_tokens=12, top_logprobs=5))[0][0]
+    assert d.token_ids == c.token_ids and len(d.top_logprobs) == len(c.top_logprobs)
+    for t, full, kept in zip(c.token_texts, c.top_logprobs, d.top_logprobs):
+        assert kept == (full if any(ch.isdigit() for ch in t) else {})
 
 
 @pytest.mark.integration

@@ -126,7 +126,7 @@ def test_hf_and_vllm_agree_and_weight_sync_changes_the_engine(rrm_pool, requests
     tf = hf.token_logprobs(requests_[0], v0[0][0].token_ids)
     assert np.abs(tf.numpy() - np.array(v0[0][0].logprobs)).max() < 1e-4
     # the most likely tokens per position (soft RRM scores, rrm/soft.py): vLLM's logprobs=k and HF's top-k agree
-    top_spec = SamplingSpec(n=1, temperature=0.0, max_tokens=MAX_TOKENS, top_logprobs=5)
+    top_spec = SamplingSpec(n=1, temperature=0.0, max_tokens=MAX_TOKENS, top_logprobs=5, top_logprobs_at="all")
     vt, ht = ray.get(actor.call.remote("generate", requests_[:1], top_spec))[0][0], hf.generate(requests_[:1], top_spec)[0][0]
     assert vt.token_ids == v0[0][0].token_ids and len(vt.top_logprobs) == len(vt.token_ids)
     t = _first_diff(vt.token_ids, ht.token_ids)

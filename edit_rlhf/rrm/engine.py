@@ -35,7 +35,8 @@ class SamplingSpec:
     top_k: int = 0  # 0 = off
     max_tokens: int = 512
     logprobs: bool = False
-    top_logprobs: int = 0  # > 0: the text and log-prob of the most likely tokens at every generated position
+    top_logprobs: int = 0  # > 0: the text and log-prob of the most likely tokens at generated positions ...
+    top_logprobs_at: str = "digits"  # ... holding a digit (what soft scores read; `keeps_alternatives`) | all
 
     @classmethod
     def from_config(cls, cfg, logprobs: bool = False) -> "SamplingSpec":
@@ -52,9 +53,18 @@ class Completion:
     logprobs: Optional[List[float]] = None  # raw-distribution log-prob of each generated token
     finish_reason: str = ""  # stop | length | timeout
     # With SamplingSpec.top_logprobs: each generated token's text, and per position {token text: raw log-prob} of
-    # the most likely tokens (tokens of the same text merged). What rrm/soft.py reads a soft score from.
+    # the most likely tokens (tokens of the same text merged) where the token holds a digit (`keeps_alternatives`;
+    # {} elsewhere). What rrm/soft.py reads a soft score from.
     token_texts: Optional[List[str]] = None
     top_logprobs: Optional[List[Dict[str, float]]] = None
+
+
+def keeps_alternatives(token_text: str, at: str = "digits") -> bool:
+    """Whether a generated token's alternatives are kept in `Completion.top_logprobs` (`SamplingSpec.top_logprobs_at`):
+    `digits` (default) only where the token holds a digit - a soft score reads the score's first digit and each
+    check's 0/1, nothing else - so a 1000-token verdict carries a few dozen small dicts instead of a thousand (what
+    travels from an engine to the driver); `all` everywhere."""
+    return at == "all" or any(ch.isdigit() for ch in token_text)
 
 
 def merge_alternatives(pairs: Iterable[Tuple[str, float]]) -> Dict[str, float]:

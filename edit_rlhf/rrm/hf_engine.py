@@ -12,7 +12,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, merge_alternatives, suppressed_token_ids, to_pil
+from edit_rlhf.rrm.engine import (Completion, GenRequest, SamplingSpec, keeps_alternatives, merge_alternatives,
+                                   suppressed_token_ids, to_pil)
 from edit_rlhf.runtime import resolve_device, resolve_dtype
 
 
@@ -99,7 +100,8 @@ class HFEngine:
                 c = Completion(text=text, token_ids=ids, finish_reason=finish,
                                logprobs=lps[k, :len(ids)].tolist() if spec.logprobs else None)
                 if top_i is not None:
-                    c.token_texts, c.top_logprobs = self._alternatives(ids, top_i[k], top_v[k], lps[k])
+                    c.token_texts, c.top_logprobs = self._alternatives(ids, top_i[k], top_v[k], lps[k],
+                                                                       spec.top_logprobs_at)
                 row.append(c)
             out.append(row)
         return out
@@ -129,12 +131,15 @@ class HFEngine:
             self._texts[tid] = self.tokenizer.decode([tid], skip_special_tokens=True)
         return self._texts[tid]
 
-    def _alternatives(self, ids, top_i, top_v, lps):
+    def _alternatives(self, ids, top_i, top_v, lps, at: str):
         """Per generated position: the sampled token's text, and {text: log-prob} of the most likely tokens plus
-        the sampled one (as vLLM returns them; `lps`: the sampled tokens' log-probs)."""
+        the sampled one (as vLLM returns them; `lps`: the sampled tokens' log-probs), at the positions `at` keeps."""
         texts = [self._token_text(t) for t in ids]
         top = []
         for t, tid in enumerate(ids):
+            if not keeps_alternatives(texts[t], at):
+                top.append({})
+                continue
             pairs = [(self._token_text(int(i)), float(v)) for i, v in zip(top_i[t].tolist(), top_v[t].tolist())]
             if tid not in top_i[t].tolist():
                 pairs.append((texts[t], float(lps[t])))

@@ -11,7 +11,8 @@ import os
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from edit_rlhf.rrm.engine import Completion, GenRequest, SamplingSpec, merge_alternatives, suppressed_token_ids, to_pil
+from edit_rlhf.rrm.engine import (Completion, GenRequest, SamplingSpec, keeps_alternatives, merge_alternatives,
+                                   suppressed_token_ids, to_pil)
 
 
 def _retie_embeddings(model) -> int:
@@ -138,7 +139,8 @@ class VLLMEngine:
         if spec.top_logprobs > 0 and c.logprobs is not None:
             # vLLM returns the sampled token plus the top_logprobs most likely ones, each with its decoded text
             texts = [d[t].decoded_token or "" for t, d in zip(c.token_ids, c.logprobs)]
-            top = [merge_alternatives((lp.decoded_token or "", lp.logprob) for lp in d.values()) for d in c.logprobs]
+            top = [merge_alternatives((lp.decoded_token or "", lp.logprob) for lp in d.values())
+                   if keeps_alternatives(t, spec.top_logprobs_at) else {} for t, d in zip(texts, c.logprobs)]
         return Completion(text=c.text, token_ids=list(c.token_ids), logprobs=lps,
                           finish_reason=str(c.finish_reason or ""), token_texts=texts, top_logprobs=top)
 
