@@ -107,6 +107,16 @@ def test_fallbacks_unparsed_and_positions_with_non_ascii_tokens():
     assert check_probabilities(c3, parse_verdict(text3, n_expected=3)) == pytest.approx([0.4, 1.0, 1.0])
 
 
+def test_alternatives_are_kept_where_a_token_holds_a_digit():
+    from edit_rlhf.rrm.engine import keeps_alternatives
+
+    assert keeps_alternatives("7") and keeps_alternatives(" 10") and keeps_alternatives('":1')
+    assert not keeps_alternatives(" score") and not keeps_alternatives("")
+    assert keeps_alternatives(" score", "all")
+    with pytest.raises(ValueError, match="top_logprobs_at"):
+        keeps_alternatives("7", "digit")
+
+
 def test_merge_alternatives_adds_tokens_of_the_same_text():
     m = merge_alternatives([("1", math.log(0.2)), (" 1", math.log(0.1)), ("1", math.log(0.3))])
     assert math.exp(m["1"]) == pytest.approx(0.5) and math.exp(m[" 1"]) == pytest.approx(0.1)

@@ -64,6 +64,8 @@ def keeps_alternatives(token_text: str, at: str = "digits") -> bool:
     `digits` (default) only where the token holds a digit - a soft score reads the score's first digit and each
     check's 0/1, nothing else - so a 1000-token verdict carries a few dozen small dicts instead of a thousand (what
     travels from an engine to the driver); `all` everywhere."""
+    if at not in ("digits", "all"):
+        raise ValueError(f"top_logprobs_at: must be 'digits' or 'all', got {at!r}")
     return at == "all" or any(ch.isdigit() for ch in token_text)
 
 
