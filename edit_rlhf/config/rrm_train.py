@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from edit_rlhf.config.rrm import SCORE_SOURCES, RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig
+from edit_rlhf.config.rrm import (SCORE_SOURCES, RRMPromptConfig, RRMSamplingConfig, VLMEngineConfig, _at_least,
+                                  _one_of)
 from edit_rlhf.config.schema import (
     CheckpointConfig, ClusterConfig, LearnerConfig, OptimConfig, PoolConfig, ScheduleConfig, TrackingConfig, _choice,
     _positive,
@@ -207,9 +208,8 @@ class GCPOAlgoConfig:
 
     def check(self) -> None:
         _positive("pairs_per_step", self.pairs_per_step)
-        _choice("score_from", self.score_from, set(SCORE_SOURCES))
-        if self.top_logprobs < 2:
-            raise ValueError(f"top_logprobs: a soft score needs >= 2 alternatives per token, got {self.top_logprobs}")
+        _one_of("score_from", self.score_from, SCORE_SOURCES)  # as RRMSamplingConfig checks its own pair
+        _at_least("top_logprobs", self.top_logprobs, 2)
         if self.group_size < 2:
             raise ValueError(f"group_size: GCPO needs N >= 2 traces per image, got {self.group_size}")
         _positive("clip", self.clip)

@@ -36,9 +36,7 @@ def trace_score(c: Completion, n_principles: int, require_checks: bool = True, s
     v = parse_verdict(c.text, n_expected=n_principles, require_checks=require_checks)
     if not v.ok:
         return None, v.reason, False
-    if score_from == "text":
-        return v.score, "", False
-    score, soft = soft_score(c, v, score_from)
+    score, soft = soft_score(c, v, score_from)  # `text`: the written score, soft False
     return score, "", soft
 
 
